@@ -1,0 +1,115 @@
+"""The typed snapshot one tick produces: GPU samples, source health, and the values derived from them.
+
+Plain frozen dataclasses: cheap to build every tick, safe to share between the collecting thread and the
+HTTP handlers, and serialisable to JSON through pydantic (`exporter.app`). Every measured field is
+optional: `None` means "not measured on this GPU" and renders as an absent series, never as 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# GPM profiling ratios (0..1) and rates, keyed by the short name used in metric names:
+# tpw_gpu_<key>_ratio / tpw_gpu_<key>.
+PROFILING_RATIOS: tuple[str, ...] = (
+    "graphics_active",
+    "sm_active",
+    "sm_occupancy",
+    "tensor_active",
+    "dram_bandwidth_utilization",
+    "fp16_active",
+    "fp32_active",
+    "fp64_active",
+)
+PROFILING_RATES: tuple[str, ...] = ("pcie_rx_bytes_per_second", "pcie_tx_bytes_per_second")
+
+# Clock-event (throttle) reasons NVML reports as a bitmask; the label values are these names.
+CLOCK_EVENT_REASONS: dict[str, int] = {
+    "gpu_idle": 0x1,
+    "applications_clocks_setting": 0x2,
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sync_boost": 0x10,
+    "sw_thermal_slowdown": 0x20,
+    "hw_thermal_slowdown": 0x40,
+    "hw_power_brake_slowdown": 0x80,
+    "display_clock_setting": 0x100,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GpuInfo:
+    """What does not change while the GPU is attached."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str = ""
+    compute_capability: str = ""
+    simulated: bool = False
+    memory_total_bytes: int | None = None
+    dram_peak_bandwidth_bytes_per_second: float | None = None
+    profiling_supported: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Profiling:
+    """GPM metrics over the window between two GPM samples (ratios 0..1, rates in bytes/s)."""
+
+    window_seconds: float
+    ratios: dict[str, float] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One GPU at one tick. `up` False means the GPU could not be read: only `info` and `error` count."""
+
+    info: GpuInfo
+    up: bool = True
+    error: str | None = None
+    timestamp: float = 0.0  # monotonic seconds when this GPU was read
+    power_watts: float | None = None
+    power_limit_watts: float | None = None
+    energy_joules: float | None = None  # counter since driver load (or since simulation start)
+    energy_timestamp: float | None = None  # monotonic seconds matching energy_joules
+    utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    memory_used_bytes: int | None = None
+    sm_clock_hertz: float | None = None
+    memory_clock_hertz: float | None = None
+    temperature_celsius: float | None = None
+    clock_event_reasons: int | None = None  # NVML bitmask, see CLOCK_EVENT_REASONS
+    profiling: Profiling | None = None
+    process_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """Health of one source for one tick: the per-source `up` and duration metrics."""
+
+    name: str
+    up: bool
+    duration_seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    driver_version: str = ""
+    nvml_version: str = ""
+    cuda_driver_version: str = ""
+    simulated_scenario: str | None = None  # set only on the simulated node
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one tick knows. Immutable; the HTTP side only ever reads the latest one."""
+
+    tick: int
+    wall_time: float
+    monotonic_time: float
+    duration_seconds: float
+    gpus: tuple[GpuSample, ...] = ()
+    sources: tuple[SourceStatus, ...] = ()
+    node: NodeInfo = NodeInfo()

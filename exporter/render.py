@@ -1,0 +1,253 @@
+"""Snapshot → exposition bytes, once per tick, in Prometheus text 0.0.4 and OpenMetrics 1.0.
+
+Metric families are built with prometheus_client's custom-collector types, so escaping and both formats
+follow the reference library. Absent values (None) produce no sample at all: a GPU without GPM has no
+`tpw_gpu_sm_active_ratio` series rather than a misleading 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from exporter import __version__
+from exporter.model import CLOCK_EVENT_REASONS, PROFILING_RATES, GpuSample, Snapshot
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+GpuGetter = Callable[[GpuSample], "float | None"]
+
+# (metric name, help, value getter) for the per-GPU gauges that come straight from one sample field.
+GPU_GAUGES: tuple[tuple[str, str, GpuGetter], ...] = (
+    (
+        "tpw_gpu_power_watts",
+        "Instantaneous board power draw (NVML field POWER_INSTANT).",
+        lambda g: g.power_watts,
+    ),
+    ("tpw_gpu_power_limit_watts", "Enforced power limit.", lambda g: g.power_limit_watts),
+    (
+        "tpw_gpu_utilization_ratio",
+        "NVML GPU utilization: fraction of the last sample period in which any kernel ran. "
+        "High does not mean busy SMs; compare tpw_gpu_sm_active_ratio.",
+        lambda g: g.utilization_ratio,
+    ),
+    (
+        "tpw_gpu_memory_controller_utilization_ratio",
+        "NVML memory utilization: fraction of the sample period in which device memory was read or written.",
+        lambda g: g.memory_utilization_ratio,
+    ),
+    ("tpw_gpu_memory_used_bytes", "Device memory in use.", lambda g: g.memory_used_bytes),
+    ("tpw_gpu_memory_total_bytes", "Device memory installed.", lambda g: g.info.memory_total_bytes),
+    ("tpw_gpu_sm_clock_hertz", "Current SM clock.", lambda g: g.sm_clock_hertz),
+    ("tpw_gpu_memory_clock_hertz", "Current memory clock.", lambda g: g.memory_clock_hertz),
+    ("tpw_gpu_temperature_celsius", "GPU die temperature.", lambda g: g.temperature_celsius),
+    (
+        "tpw_gpu_dram_peak_bandwidth_bytes_per_second",
+        "Theoretical peak DRAM bandwidth: memory bus width × max memory clock × 2 (double data rate).",
+        lambda g: g.info.dram_peak_bandwidth_bytes_per_second,
+    ),
+)
+
+PROFILING_HELP: dict[str, str] = {
+    "graphics_active": "GPM: fraction of the window in which the graphics/compute engine was active.",
+    "sm_active": "GPM: fraction of SMs busy, averaged over the window (SM activity).",
+    "sm_occupancy": "GPM: resident warps as a fraction of the theoretical maximum, averaged over the window.",
+    "tensor_active": "GPM: fraction of the window the SMs' tensor pipes (any precision) were active.",
+    "dram_bandwidth_utilization": "GPM: DRAM bandwidth used as a fraction of the theoretical peak.",
+    "fp16_active": "GPM: fraction of the window the non-tensor FP16 pipe was active.",
+    "fp32_active": "GPM: fraction of the window the non-tensor FP32 pipe was active.",
+    "fp64_active": "GPM: fraction of the window the non-tensor FP64 pipe was active.",
+    "pcie_rx_bytes_per_second": "GPM: PCIe traffic into the GPU over the window.",
+    "pcie_tx_bytes_per_second": "GPM: PCIe traffic out of the GPU over the window.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Exposition:
+    """The bytes `/metrics` serves until the next tick, in both formats."""
+
+    snapshot: Snapshot
+    text: bytes
+    openmetrics: bytes
+
+
+def _gauge(name: str, help_text: str, labels: Iterable[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, labels=list(labels))
+
+
+def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    info = InfoMetricFamily(
+        "tpw_gpu",
+        'Static GPU identity; join on `gpu`. simulated="true" marks the demo node.',
+        labels=["gpu"],
+    )
+    up = _gauge("tpw_gpu_up", "1 if the GPU was read this tick, 0 if it is lost or its read failed.", ["gpu"])
+    supported = _gauge(
+        "tpw_gpu_profiling_supported",
+        "1 if the GPU supports GPM profiling metrics (Hopper and newer).",
+        ["gpu"],
+    )
+    for gpu in gpus:
+        label = str(gpu.info.index)
+        info.add_metric(
+            [label],
+            {
+                "uuid": gpu.info.uuid,
+                "name": gpu.info.name,
+                "pci_bus_id": gpu.info.pci_bus_id,
+                "compute_capability": gpu.info.compute_capability,
+                "simulated": "true" if gpu.info.simulated else "false",
+            },
+        )
+        up.add_metric([label], 1.0 if gpu.up else 0.0)
+        supported.add_metric([label], 1.0 if gpu.info.profiling_supported else 0.0)
+    yield from (info, up, supported)
+
+    live = [gpu for gpu in gpus if gpu.up]
+    for name, help_text, getter in GPU_GAUGES:
+        family = _gauge(name, help_text, ["gpu"])
+        for gpu in live:
+            value = getter(gpu)
+            if value is not None:
+                family.add_metric([str(gpu.info.index)], float(value))
+        yield family
+
+    energy = CounterMetricFamily(
+        "tpw_gpu_energy_joules",
+        "Energy consumed since the driver loaded "
+        "(NVML total energy counter, mJ → J; it advances every ~100 ms).",
+        labels=["gpu"],
+    )
+    for gpu in live:
+        if gpu.energy_joules is not None:
+            energy.add_metric([str(gpu.info.index)], gpu.energy_joules)
+    yield energy
+
+    clock_events = _gauge(
+        "tpw_gpu_clock_event_active",
+        "1 while NVML reports this clock event (throttle) reason, e.g. sw_power_cap or hw_thermal_slowdown.",
+        ["gpu", "reason"],
+    )
+    for gpu in live:
+        if gpu.clock_event_reasons is not None:
+            for reason, bit in CLOCK_EVENT_REASONS.items():
+                clock_events.add_metric(
+                    [str(gpu.info.index), reason], 1.0 if gpu.clock_event_reasons & bit else 0.0
+                )
+    yield clock_events
+
+    yield from _profiling_families(live)
+
+
+def _profiling_families(gpus: list[GpuSample]) -> Iterator[Metric]:
+    profiled = [gpu for gpu in gpus if gpu.profiling is not None]
+    window = _gauge(
+        "tpw_gpu_profiling_window_seconds", "Length of the window the GPM metrics cover.", ["gpu"]
+    )
+    for gpu in profiled:
+        assert gpu.profiling is not None
+        window.add_metric([str(gpu.info.index)], gpu.profiling.window_seconds)
+    yield window
+    for key, help_text in PROFILING_HELP.items():
+        is_rate = key in PROFILING_RATES
+        family = _gauge(f"tpw_gpu_{key}" if is_rate else f"tpw_gpu_{key}_ratio", help_text, ["gpu"])
+        for gpu in profiled:
+            assert gpu.profiling is not None
+            value = (gpu.profiling.rates if is_rate else gpu.profiling.ratios).get(key)
+            if value is not None:
+                family.add_metric([str(gpu.info.index)], value)
+        yield family
+
+
+def _exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
+    build = InfoMetricFamily("tpw_build", "tpw-exporter build information.")
+    build.add_metric([], {"version": __version__})
+    yield build
+
+    node = InfoMetricFamily("tpw_node", "NVIDIA driver, NVML and CUDA driver versions seen by the exporter.")
+    if snapshot.node.driver_version:
+        node.add_metric(
+            [],
+            {
+                "driver_version": snapshot.node.driver_version,
+                "nvml_version": snapshot.node.nvml_version,
+                "cuda_driver_version": snapshot.node.cuda_driver_version,
+            },
+        )
+    yield node
+
+    if snapshot.node.simulated_scenario is not None:
+        simulation = InfoMetricFamily(
+            "tpw_simulation", "Present only on the simulated demo node: every GPU series here is simulated."
+        )
+        simulation.add_metric([], {"scenario": snapshot.node.simulated_scenario})
+        yield simulation
+
+    up = _gauge("tpw_source_up", "1 if the source delivered on the last tick, 0 if it failed.", ["source"])
+    duration = _gauge(
+        "tpw_source_collect_duration_seconds", "Time the source took on the last tick.", ["source"]
+    )
+    for status in snapshot.sources:
+        up.add_metric([status.name], 1.0 if status.up else 0.0)
+        duration.add_metric([status.name], status.duration_seconds)
+    yield from (up, duration)
+
+    ready = _gauge("tpw_exporter_ready", "1 once the first collection tick has completed.", [])
+    ready.add_metric([], 1.0 if snapshot.tick > 0 else 0.0)
+    yield ready
+    if snapshot.tick > 0:
+        tick_time = _gauge(
+            "tpw_last_tick_timestamp_seconds", "Unix time of the last completed collection tick.", []
+        )
+        tick_time.add_metric([], snapshot.wall_time)
+        tick_duration = _gauge("tpw_tick_duration_seconds", "Time the last tick took, sources to bytes.", [])
+        tick_duration.add_metric([], snapshot.duration_seconds)
+        ticks = CounterMetricFamily("tpw_ticks", "Collection ticks completed since start.")
+        ticks.add_metric([], float(snapshot.tick))
+        yield from (tick_time, tick_duration, ticks)
+
+
+class _Families:
+    """A prometheus_client custom collector over families built once, so both formats share the work."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+MetricSource = Callable[[Snapshot], Iterable[Metric]]
+
+
+class Renderer:
+    """Renders snapshots; holds the process collector so `process_*` metrics describe the exporter itself.
+
+    `extra` adds families computed from the snapshot by other layers (derived metrics, endpoints).
+    """
+
+    def __init__(self, extra: Iterable[MetricSource] = ()) -> None:
+        self._extra = tuple(extra)
+        self._process = ProcessCollector(registry=None)
+
+    def families(self, snapshot: Snapshot) -> list[Metric]:
+        families = [*_exporter_families(snapshot), *_gpu_families(snapshot.gpus)]
+        for source in self._extra:
+            families.extend(source(snapshot))
+        families.extend(self._process.collect())
+        return families
+
+    def render(self, snapshot: Snapshot) -> Exposition:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(self.families(snapshot)))
+        return Exposition(
+            snapshot=snapshot,
+            text=generate_latest(registry),
+            openmetrics=generate_openmetrics(registry),
+        )

@@ -1,0 +1,1 @@
+"""Sources: one file each, all behind the small interface in `base`."""

@@ -1,0 +1,409 @@
+"""Real GPUs through NVML (`pynvml` from nvidia-ml-py), with GPM profiling metrics on Hopper and newer.
+
+Each GPU is read by its own `GpuReader` in a worker thread: NVML's ctypes calls release the GIL, so eight
+GPUs cost about as long as the slowest one (the energy counter, ~3 ms on an H100). GPM metrics are
+computed between the previous tick's GPM sample and this tick's, so their window equals the interval.
+
+Failure policy:
+- no NVML library / no driver: `collect` raises SourceError (source up 0) and initialisation is retried
+  with exponential backoff up to `nvml.retry_max_seconds`;
+- a GPU that fell off the bus (GPU_IS_LOST and friends): that GPU reports up 0 and its series vanish,
+  the other GPUs keep flowing;
+- a field the GPU does not support: that field is absent (not 0) and is not asked again;
+- a read that hangs past the GPU time limit: that GPU reports up 0; it is not asked again until the
+  hung call returns, so hung calls never pile up threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import ModuleType
+from typing import Any
+
+from exporter.model import GpuInfo, GpuSample, NodeInfo, Profiling
+from exporter.sources.base import Collected, Source, SourceError
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+# GPM metric ids (pynvml.NVML_GPM_METRIC_*) → model keys. Ratios come as percent, rates as MiB/s.
+GPM_RATIO_METRICS: dict[str, int] = {
+    "graphics_active": 1,  # NVML_GPM_METRIC_GRAPHICS_UTIL
+    "sm_active": 2,  # NVML_GPM_METRIC_SM_UTIL
+    "sm_occupancy": 3,  # NVML_GPM_METRIC_SM_OCCUPANCY
+    "tensor_active": 5,  # NVML_GPM_METRIC_ANY_TENSOR_UTIL
+    "dram_bandwidth_utilization": 10,  # NVML_GPM_METRIC_DRAM_BW_UTIL
+    "fp64_active": 11,  # NVML_GPM_METRIC_FP64_UTIL
+    "fp32_active": 12,  # NVML_GPM_METRIC_FP32_UTIL
+    "fp16_active": 13,  # NVML_GPM_METRIC_FP16_UTIL
+}
+GPM_RATE_METRICS: dict[str, int] = {
+    "pcie_tx_bytes_per_second": 20,  # NVML_GPM_METRIC_PCIE_TX_PER_SEC
+    "pcie_rx_bytes_per_second": 21,  # NVML_GPM_METRIC_PCIE_RX_PER_SEC
+}
+
+# Return codes that mean the GPU itself is gone or unusable, not just one field.
+GPU_DOWN_CODES = frozenset({15, 16, 28, 999})  # GPU_IS_LOST, RESET_REQUIRED, GPU_NOT_FOUND, UNKNOWN
+NOT_SUPPORTED = 3
+FIELD_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, milliwatts
+FIELD_TOTAL_ENERGY = 83  # NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, millijoules
+CLOCK_SM = 1  # NVML_CLOCK_SM
+CLOCK_MEM = 2  # NVML_CLOCK_MEM
+TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
+
+
+class GpuDown(Exception):
+    """The GPU answered with a code that means it is gone; the message names the code."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _error_code(exc: BaseException) -> int | None:
+    return getattr(exc, "value", None)
+
+
+_FIELD_VALUE_MEMBERS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal"}
+
+
+def _field_number(field_value: Any) -> float:
+    """The number inside an nvmlFieldValue_t, whatever its value type."""
+    member = _FIELD_VALUE_MEMBERS.get(field_value.valueType, "ullVal")
+    return float(getattr(field_value.value, member))
+
+
+class GpuReader:
+    """Reads one GPU. Only ever used from one thread at a time (the daemon waits for the last read)."""
+
+    def __init__(self, nvml: ModuleType, index: int, profiling: bool, clock: Callable[[], float]) -> None:
+        self._nvml = nvml
+        self._clock = clock
+        self.index = index
+        self._unsupported: set[str] = set()
+        self._reported: set[tuple[str, int | None]] = set()
+        self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        self.info = self._read_info(index, profiling)
+        self._gpm_samples: list[Any] = []
+        self._gpm_previous: tuple[Any, float] | None = None
+        if self.info.profiling_supported:
+            self._gpm_samples = [nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()]
+
+    # -- static information -------------------------------------------------------------------------
+    def _read_info(self, index: int, profiling: bool) -> GpuInfo:
+        nvml, handle = self._nvml, self.handle
+        pci = self._optional("pci", nvml.nvmlDeviceGetPciInfo, handle)
+        capability = self._optional("compute_capability", nvml.nvmlDeviceGetCudaComputeCapability, handle)
+        memory = self._optional("memory", nvml.nvmlDeviceGetMemoryInfo, handle)
+        bus_width_bits = self._optional("bus_width", nvml.nvmlDeviceGetMemoryBusWidth, handle)
+        max_memory_mhz = self._optional("max_memory_clock", nvml.nvmlDeviceGetMaxClockInfo, handle, CLOCK_MEM)
+        peak = None
+        if bus_width_bits and max_memory_mhz:
+            # bytes per transfer × transfers per second, double data rate.
+            peak = bus_width_bits / 8 * max_memory_mhz * 1e6 * 2
+        supported = False
+        if profiling:
+            support = self._optional("gpm", nvml.nvmlGpmQueryDeviceSupport, handle)
+            supported = bool(support is not None and support.isSupportedDevice)
+        return GpuInfo(
+            index=index,
+            uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+            name=_text(nvml.nvmlDeviceGetName(handle)),
+            pci_bus_id=_text(pci.busId) if pci is not None else "",
+            compute_capability=f"{capability[0]}.{capability[1]}" if capability else "",
+            memory_total_bytes=int(memory.total) if memory is not None else None,
+            dram_peak_bandwidth_bytes_per_second=peak,
+            profiling_supported=supported,
+        )
+
+    # -- one call, with the failure policy --------------------------------------------------------------
+    def _optional(self, field: str, function: Callable[..., Any], *args: Any) -> Any:
+        """Call NVML; None when the field is unsupported or errs; GpuDown when the GPU is gone."""
+        return self._attempt(field, function, *args)[1]
+
+    def _attempt(self, field: str, function: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        """(True, result) or (False, None) after applying the failure policy to NVML's error."""
+        if field in self._unsupported:
+            return False, None
+        try:
+            return True, function(*args)
+        except self._nvml.NVMLError as exc:
+            code = _error_code(exc)
+            if code in GPU_DOWN_CODES:
+                raise GpuDown(f"{field}: {exc}") from None
+            if code == NOT_SUPPORTED:
+                self._unsupported.add(field)
+            self._report_once(field, code, str(exc))
+            return False, None
+        except AttributeError:  # this pynvml build lacks the function
+            self._unsupported.add(field)
+            return False, None
+
+    def _report_once(self, field: str, code: int | None, message: str) -> None:
+        if (field, code) not in self._reported:
+            self._reported.add((field, code))
+            level = logging.DEBUG if code == NOT_SUPPORTED else logging.WARNING
+            log.log(level, "gpu %d: %s unavailable: %s", self.index, field, message)
+
+    # -- one tick ------------------------------------------------------------------------------------------
+    def read(self) -> GpuSample:
+        try:
+            return self._read()
+        except GpuDown as exc:
+            self._gpm_previous = None
+            return GpuSample(
+                info=self.info, up=False, error=f"GPU unavailable ({exc})", timestamp=self._clock()
+            )
+
+    def _read(self) -> GpuSample:
+        nvml, handle = self._nvml, self.handle
+        started = self._clock()
+        power_watts, energy_joules, energy_time = self._power_and_energy()
+        limit_mw = self._optional("power_limit", nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        utilization = self._optional("utilization", nvml.nvmlDeviceGetUtilizationRates, handle)
+        memory = self._optional("memory", nvml.nvmlDeviceGetMemoryInfo, handle)
+        sm_mhz = self._optional("sm_clock", nvml.nvmlDeviceGetClockInfo, handle, CLOCK_SM)
+        mem_mhz = self._optional("memory_clock", nvml.nvmlDeviceGetClockInfo, handle, CLOCK_MEM)
+        temperature = self._optional("temperature", nvml.nvmlDeviceGetTemperature, handle, TEMPERATURE_GPU)
+        reasons = self._clock_event_reasons()
+        processes = self._optional("processes", nvml.nvmlDeviceGetComputeRunningProcesses, handle)
+        return GpuSample(
+            info=self.info,
+            timestamp=started,
+            power_watts=power_watts,
+            power_limit_watts=limit_mw / 1000 if limit_mw is not None else None,
+            energy_joules=energy_joules,
+            energy_timestamp=energy_time,
+            utilization_ratio=utilization.gpu / 100 if utilization is not None else None,
+            memory_utilization_ratio=utilization.memory / 100 if utilization is not None else None,
+            memory_used_bytes=int(memory.used) if memory is not None else None,
+            sm_clock_hertz=sm_mhz * 1e6 if sm_mhz is not None else None,
+            memory_clock_hertz=mem_mhz * 1e6 if mem_mhz is not None else None,
+            temperature_celsius=float(temperature) if temperature is not None else None,
+            clock_event_reasons=int(reasons) if reasons is not None else None,
+            profiling=self._profiling(),
+            process_ids=tuple(sorted({int(p.pid) for p in processes})) if processes else (),
+        )
+
+    def _power_and_energy(self) -> tuple[float | None, float | None, float | None]:
+        """Instant power (W) and the energy counter (J) in one NVML call where the GPU has field values."""
+        nvml, handle = self._nvml, self.handle
+        values = self._optional(
+            "field_values", nvml.nvmlDeviceGetFieldValues, handle, [FIELD_POWER_INSTANT, FIELD_TOTAL_ENERGY]
+        )
+        now = self._clock()
+        power = energy = None
+        if values is not None:
+            for field_value in values:
+                if field_value.nvmlReturn in GPU_DOWN_CODES:
+                    raise GpuDown(f"field {field_value.fieldId}: NVML return {field_value.nvmlReturn}")
+                if field_value.nvmlReturn != 0:
+                    continue
+                if field_value.fieldId == FIELD_POWER_INSTANT:
+                    power = _field_number(field_value) / 1000
+                elif field_value.fieldId == FIELD_TOTAL_ENERGY:
+                    energy = _field_number(field_value) / 1000
+        if power is None:
+            milliwatts = self._optional("power", nvml.nvmlDeviceGetPowerUsage, handle)
+            power = milliwatts / 1000 if milliwatts is not None else None
+        if energy is None:
+            millijoules = self._optional("energy", nvml.nvmlDeviceGetTotalEnergyConsumption, handle)
+            energy = millijoules / 1000 if millijoules is not None else None
+            now = self._clock()
+        return power, energy, (now if energy is not None else None)
+
+    def _clock_event_reasons(self) -> int | None:
+        nvml, handle = self._nvml, self.handle
+        getter = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None
+        )
+        return self._optional("clock_event_reasons", getter, handle) if getter is not None else None
+
+    def _profiling(self) -> Profiling | None:
+        """GPM metrics between the previous tick's sample and this one; None on the first tick."""
+        if not self.info.profiling_supported or "gpm" in self._unsupported:
+            return None
+        nvml = self._nvml
+        current = (
+            self._gpm_samples[0]
+            if self._gpm_previous is None
+            else next(s for s in self._gpm_samples if s is not self._gpm_previous[0])
+        )
+        if not self._attempt("gpm", nvml.nvmlGpmSampleGet, self.handle, current)[0]:
+            self._gpm_previous = None
+            return None
+        now = self._clock()
+        previous, self._gpm_previous = self._gpm_previous, (current, now)
+        if previous is None:
+            return None
+        ids = list(GPM_RATIO_METRICS.values()) + list(GPM_RATE_METRICS.values())
+        request = nvml.c_nvmlGpmMetricsGet_t()
+        request.version = nvml.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(ids)
+        request.sample1 = previous[0]
+        request.sample2 = current
+        for slot, metric_id in enumerate(ids):
+            request.metrics[slot].metricId = metric_id
+        if not self._attempt("gpm", nvml.nvmlGpmMetricsGet, request)[0]:
+            return None
+        values = {
+            request.metrics[slot].metricId: request.metrics[slot].value
+            for slot in range(len(ids))
+            if request.metrics[slot].nvmlReturn == 0
+        }
+        ratios = {
+            key: min(max(values[mid] / 100, 0.0), 1.0)
+            for key, mid in GPM_RATIO_METRICS.items()
+            if mid in values
+        }
+        rates = {key: max(values[mid], 0.0) * MIB for key, mid in GPM_RATE_METRICS.items() if mid in values}
+        return Profiling(window_seconds=now - previous[1], ratios=ratios, rates=rates)
+
+    def close(self) -> None:
+        for sample in self._gpm_samples:
+            self._optional("gpm_free", self._nvml.nvmlGpmSampleFree, sample)
+        self._gpm_samples = []
+
+
+class NvmlSource(Source):
+    """All GPUs NVML sees, read concurrently, one worker thread per GPU."""
+
+    name = "nvml"
+
+    def __init__(
+        self,
+        nvml: ModuleType | None = None,
+        *,
+        profiling: bool = True,
+        gpu_timeout_seconds: float = 0.8,
+        retry_max_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nvml_module = nvml
+        self._profiling = profiling
+        self._gpu_timeout = gpu_timeout_seconds
+        self._retry_max = retry_max_seconds
+        self._clock = clock
+        self._readers: list[GpuReader] = []
+        self._node: NodeInfo | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: dict[int, Future[GpuSample]] = {}
+        self._next_attempt = 0.0
+        self._initialising: asyncio.Future[None] | None = None
+        self._backoff = 1.0
+
+    # -- initialisation with backoff ---------------------------------------------------------------------
+    def _module(self) -> ModuleType:
+        if self._nvml_module is None:
+            import pynvml
+
+            self._nvml_module = pynvml
+        return self._nvml_module
+
+    def _initialise(self) -> None:
+        nvml = self._module()
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as exc:
+            raise SourceError(f"NVML initialisation failed: {exc} (is the NVIDIA driver loaded?)") from None
+        except OSError as exc:
+            raise SourceError(f"NVML library could not be loaded: {exc}") from None
+        try:
+            count = nvml.nvmlDeviceGetCount()
+            readers = []
+            for index in range(count):
+                try:
+                    readers.append(GpuReader(nvml, index, self._profiling, self._clock))
+                except (nvml.NVMLError, GpuDown) as exc:
+                    log.warning("gpu %d: skipped, cannot be opened: %s", index, exc)
+            self._node = NodeInfo(
+                driver_version=_text(nvml.nvmlSystemGetDriverVersion()),
+                nvml_version=_text(nvml.nvmlSystemGetNVMLVersion()),
+                cuda_driver_version=_cuda_version(nvml),
+            )
+        except nvml.NVMLError as exc:
+            self._shutdown_nvml()
+            raise SourceError(f"NVML device discovery failed: {exc}") from None
+        self._readers = readers
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(readers)), thread_name_prefix="nvml-gpu")
+        log.info(
+            "NVML ready: %d GPU(s), driver %s, profiling on %d",
+            len(readers),
+            self._node.driver_version,
+            sum(r.info.profiling_supported for r in readers),
+        )
+
+    async def _ensure_initialised(self) -> None:
+        """Initialise NVML in a worker thread, at most one attempt at a time, backing off after failures.
+
+        The attempt is shielded: if the tick's time limit cancels this await, initialisation carries on
+        and the next tick picks up its result instead of starting a second one.
+        """
+        if self._pool is not None:
+            return
+        if self._initialising is None:
+            now = self._clock()
+            if now < self._next_attempt:
+                raise SourceError(f"NVML unavailable; next attempt in {self._next_attempt - now:.0f} s")
+            self._initialising = asyncio.get_running_loop().run_in_executor(None, self._initialise)
+        try:
+            await asyncio.shield(self._initialising)
+        except SourceError:
+            self._initialising = None
+            self._next_attempt = self._clock() + self._backoff
+            self._backoff = min(self._backoff * 2, self._retry_max)
+            raise
+        self._initialising = None
+        self._backoff = 1.0
+
+    # -- one tick --------------------------------------------------------------------------------------
+    async def collect(self) -> Collected:
+        await self._ensure_initialised()
+        samples = await asyncio.gather(*(self._read(reader) for reader in self._readers))
+        return Collected(gpus=tuple(samples), node=self._node)
+
+    async def _read(self, reader: GpuReader) -> GpuSample:
+        index = reader.info.index
+        pending = self._in_flight.get(index)
+        if pending is not None and not pending.done():
+            return GpuSample(info=reader.info, up=False, error="previous NVML read still running (hung call)")
+        assert self._pool is not None
+        future = self._pool.submit(reader.read)
+        self._in_flight[index] = future
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._gpu_timeout)
+        except asyncio.TimeoutError:
+            return GpuSample(info=reader.info, up=False, error=f"NVML read took over {self._gpu_timeout:g} s")
+        except Exception as exc:  # an unexpected bug in one GPU's read must not hide the others
+            log.exception("gpu %d: read failed", index)
+            return GpuSample(info=reader.info, up=False, error=f"read failed: {exc}")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
+        self._shutdown_nvml()
+
+    def _shutdown_nvml(self) -> None:
+        nvml = self._nvml_module
+        if nvml is None:
+            return
+        with contextlib.suppress(nvml.NVMLError):
+            nvml.nvmlShutdown()
+
+
+def _cuda_version(nvml: ModuleType) -> str:
+    try:
+        version = int(nvml.nvmlSystemGetCudaDriverVersion())
+    except (nvml.NVMLError, AttributeError):
+        return ""
+    return f"{version // 1000}.{version % 1000 // 10}"

@@ -1,0 +1,235 @@
+"""A thin fake of the pynvml functions the NVML source calls: hardware is the one thing faked.
+
+It raises pynvml's real NVMLError subclasses with real return codes and fills pynvml's real ctypes
+structures (`c_nvmlGpmMetricsGet_t`, GPM sample pointers), so the source is exercised against the real
+bindings' types. GPM is modelled the way the driver does it: a sample records cumulative activity
+counters at a moment, and a metric is the counter delta between two samples divided by their time delta,
+so passing the samples in the wrong order or mixing windows gives wrong numbers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pynvml
+
+NVMLError = pynvml.NVMLError
+c_nvmlGpmMetricsGet_t = pynvml.c_nvmlGpmMetricsGet_t
+NVML_GPM_METRICS_GET_VERSION = pynvml.NVML_GPM_METRICS_GET_VERSION
+
+
+class Clock:
+    """A manual clock shared by the fake and the source under test."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class FakeGpu:
+    """One GPU's state; tests change its fields between ticks."""
+
+    uuid: str
+    name: str = "NVIDIA H100 80GB HBM3"
+    power_mw: int = 350_000
+    energy_mj: int = 5_000_000
+    gpm_supported: bool = True
+    # Current GPM activity in percent by metric id; integrated over the fake clock into counters.
+    activity: dict[int, float] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # function name -> NVML return code to raise
+    gpm_metric_errors: dict[int, int] = field(default_factory=dict)  # metric id -> nvmlReturn
+    block: threading.Event | None = None  # when set, every call waits on it (a hung driver)
+    processes: tuple[int, ...] = ()
+    counters: dict[int, float] = field(default_factory=dict)
+    last_integrated: float = 0.0
+
+
+class FakeNvml:
+    """Module-like object: pass it to NvmlSource(nvml=...)."""
+
+    NVMLError = NVMLError
+    c_nvmlGpmMetricsGet_t = c_nvmlGpmMetricsGet_t
+    NVML_GPM_METRICS_GET_VERSION = NVML_GPM_METRICS_GET_VERSION
+
+    def __init__(self, gpus: list[FakeGpu], clock: Clock, init_error: int | None = None) -> None:
+        self.gpus = gpus
+        self.clock = clock
+        self.init_error = init_error
+        self.calls: dict[str, int] = {}
+        self.initialised = False
+        self._samples: dict[int, tuple[int, float, dict[int, float]]] = {}
+        self._next_sample = 1
+        for gpu in gpus:
+            gpu.last_integrated = clock()
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    def _enter(self, name: str, handle: int | None = None) -> FakeGpu | None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if handle is None:
+            return None
+        gpu = self.gpus[handle]
+        if gpu.block is not None:
+            gpu.block.wait(10)
+        if name in gpu.errors:
+            raise NVMLError(gpu.errors[name])
+        return gpu
+
+    def set_activity(self, index: int, metric_id: int, percent: float) -> None:
+        """Integrate the old activity up to now, then switch to the new one."""
+        gpu = self.gpus[index]
+        self._integrate(gpu)
+        gpu.activity[metric_id] = percent
+
+    def _integrate(self, gpu: FakeGpu) -> None:
+        elapsed = self.clock() - gpu.last_integrated
+        for metric_id, percent in gpu.activity.items():
+            gpu.counters[metric_id] = gpu.counters.get(metric_id, 0.0) + percent * elapsed
+        gpu.last_integrated = self.clock()
+
+    # -- system -----------------------------------------------------------------------------------------
+    def nvmlInit(self) -> None:
+        self._enter("nvmlInit")
+        if self.init_error is not None:
+            raise NVMLError(self.init_error)
+        self.initialised = True
+
+    def nvmlShutdown(self) -> None:
+        self._enter("nvmlShutdown")
+        self.initialised = False
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._enter("nvmlDeviceGetCount")
+        return len(self.gpus)
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "580.159.04"
+
+    def nvmlSystemGetNVMLVersion(self) -> str:
+        return "13.580.159.04"
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return 13000
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        self._enter("nvmlDeviceGetHandleByIndex")
+        return index
+
+    # -- static information -------------------------------------------------------------------------
+    def nvmlDeviceGetUUID(self, handle: int) -> str:
+        return self._enter("nvmlDeviceGetUUID", handle).uuid
+
+    def nvmlDeviceGetName(self, handle: int) -> str:
+        return self._enter("nvmlDeviceGetName", handle).name
+
+    def nvmlDeviceGetPciInfo(self, handle: int) -> Any:
+        self._enter("nvmlDeviceGetPciInfo", handle)
+        return SimpleNamespace(busId=f"00000000:{0x18 + handle:02X}:00.0".encode())
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: int) -> tuple[int, int]:
+        self._enter("nvmlDeviceGetCudaComputeCapability", handle)
+        return (9, 0)
+
+    def nvmlDeviceGetMemoryBusWidth(self, handle: int) -> int:
+        self._enter("nvmlDeviceGetMemoryBusWidth", handle)
+        return 5120
+
+    def nvmlDeviceGetMaxClockInfo(self, handle: int, clock_type: int) -> int:
+        self._enter("nvmlDeviceGetMaxClockInfo", handle)
+        return 2619 if clock_type == pynvml.NVML_CLOCK_MEM else 1980
+
+    def nvmlGpmQueryDeviceSupport(self, handle: int) -> Any:
+        gpu = self._enter("nvmlGpmQueryDeviceSupport", handle)
+        return SimpleNamespace(isSupportedDevice=1 if gpu.gpm_supported else 0)
+
+    # -- per tick ---------------------------------------------------------------------------------------
+    def nvmlDeviceGetFieldValues(self, handle: int, field_ids: list[int]) -> Any:
+        gpu = self._enter("nvmlDeviceGetFieldValues", handle)
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for slot, field_id in enumerate(field_ids):
+            values[slot].fieldId = field_id
+            if field_id == pynvml.NVML_FI_DEV_POWER_INSTANT:
+                values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+                values[slot].value.uiVal = gpu.power_mw
+            elif field_id == pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+                values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                values[slot].value.ullVal = gpu.energy_mj
+            else:
+                values[slot].nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        return values
+
+    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
+        return self._enter("nvmlDeviceGetPowerUsage", handle).power_mw
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
+        return self._enter("nvmlDeviceGetTotalEnergyConsumption", handle).energy_mj
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> int:
+        self._enter("nvmlDeviceGetEnforcedPowerLimit", handle)
+        return 700_000
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        self._enter("nvmlDeviceGetUtilizationRates", handle)
+        return SimpleNamespace(gpu=99, memory=33)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+        self._enter("nvmlDeviceGetMemoryInfo", handle)
+        return SimpleNamespace(total=80 * 1024**3, used=20 * 1024**3, free=60 * 1024**3)
+
+    def nvmlDeviceGetClockInfo(self, handle: int, clock_type: int) -> int:
+        self._enter("nvmlDeviceGetClockInfo", handle)
+        return 2619 if clock_type == pynvml.NVML_CLOCK_MEM else 1755
+
+    def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> int:
+        self._enter("nvmlDeviceGetTemperature", handle)
+        return 64
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: int) -> int:
+        self._enter("nvmlDeviceGetCurrentClocksEventReasons", handle)
+        return pynvml.nvmlClocksEventReasonSwPowerCap
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
+        gpu = self._enter("nvmlDeviceGetComputeRunningProcesses", handle)
+        return [SimpleNamespace(pid=pid, usedGpuMemory=0) for pid in gpu.processes]
+
+    # -- GPM --------------------------------------------------------------------------------------------
+    def nvmlGpmSampleAlloc(self) -> Any:
+        self._enter("nvmlGpmSampleAlloc")
+        sample_id = self._next_sample
+        self._next_sample += 1
+        return ctypes.cast(ctypes.c_void_p(sample_id), pynvml.c_nvmlGpmSample_t)
+
+    def nvmlGpmSampleFree(self, sample: Any) -> None:
+        self._enter("nvmlGpmSampleFree")
+
+    def nvmlGpmSampleGet(self, handle: int, sample: Any) -> None:
+        gpu = self._enter("nvmlGpmSampleGet", handle)
+        self._integrate(gpu)
+        sample_id = ctypes.cast(sample, ctypes.c_void_p).value
+        self._samples[sample_id] = (handle, self.clock(), dict(gpu.counters))
+
+    def nvmlGpmMetricsGet(self, request: Any) -> Any:
+        self._enter("nvmlGpmMetricsGet")
+        assert request.version == NVML_GPM_METRICS_GET_VERSION
+        handle1, time1, counters1 = self._samples[ctypes.cast(request.sample1, ctypes.c_void_p).value]
+        handle2, time2, counters2 = self._samples[ctypes.cast(request.sample2, ctypes.c_void_p).value]
+        assert handle1 == handle2, "GPM samples from two different GPUs"
+        gpu = self.gpus[handle2]
+        for slot in range(request.numMetrics):
+            metric = request.metrics[slot]
+            if metric.metricId in gpu.gpm_metric_errors:
+                metric.nvmlReturn = gpu.gpm_metric_errors[metric.metricId]
+                continue
+            delta = counters2.get(metric.metricId, 0.0) - counters1.get(metric.metricId, 0.0)
+            metric.value = delta / (time2 - time1) if time2 > time1 else 0.0
+            metric.nvmlReturn = 0
+        return request

@@ -1,0 +1,65 @@
+"""HTTP endpoints over a prepared exposition (no collection happens in a request)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi.testclient import TestClient
+
+from exporter.app import create_app
+from exporter.daemon import Daemon
+from exporter.render import Renderer
+from exporter.sources.simulated import SimulatedSource
+
+
+def client_and_daemon(tick: bool = True) -> tuple[TestClient, Daemon]:
+    daemon = Daemon([SimulatedSource(gpus=2, scenario="compute-bound")], Renderer(), interval=1.0)
+    if tick:
+        asyncio.run(daemon.tick())
+    return TestClient(create_app(lambda: daemon.latest)), daemon
+
+
+def test_metrics_text_and_openmetrics_negotiation() -> None:
+    client, _ = client_and_daemon()
+    text = client.get("/metrics")
+    assert text.status_code == 200
+    assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert b"tpw_gpu_power_watts" in text.content
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert om.content.endswith(b"# EOF\n")
+
+
+def test_scrapes_serve_the_same_bytes_until_the_next_tick() -> None:
+    client, daemon = client_and_daemon()
+    first, second = client.get("/metrics").content, client.get("/metrics").content
+    assert first == second
+    asyncio.run(daemon.tick())
+    assert client.get("/metrics").content != first
+
+
+def test_health_and_readiness() -> None:
+    client, daemon = client_and_daemon(tick=False)
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    asyncio.run(daemon.tick())
+    assert client.get("/readyz").status_code == 200
+
+
+def test_snapshot_json() -> None:
+    client, _ = client_and_daemon()
+    body = client.get("/api/v1/snapshot").json()
+    assert body["tick"] == 1
+    assert [g["info"]["uuid"] for g in body["gpus"]] == ["GPU-simulated-0000", "GPU-simulated-0001"]
+    assert body["gpus"][0]["info"]["simulated"] is True
+    assert body["node"]["simulated_scenario"] == "compute-bound"
+
+
+def test_landing_page_links_and_says_simulated() -> None:
+    client, _ = client_and_daemon()
+    page = client.get("/").text
+    for link in ("/metrics", "/api/v1/snapshot", "/healthz", "/readyz"):
+        assert f'href="{link}"' in page
+    assert "Simulated node" in page
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and "see /" in missing.json()["error"]

@@ -1,0 +1,109 @@
+"""Config precedence (flags > env > file > defaults) and one-line errors that name the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    config = load_config(environ={})
+    assert config.interval == 1.0
+    assert (config.host, config.port) == ("0.0.0.0", 9835)
+    assert config.simulation.gpus == 2
+    assert config.nvml.profiling is True
+
+
+def test_flags_override_env_override_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval: 5\nlog_level: debug\nsimulation:\n  gpus: 4\n  scenario: idle\n")
+    environ = {"TPW_INTERVAL": "3", "TPW_SIMULATION__GPUS": "6"}
+    config = load_config(path, environ, overrides={"interval": 2.0})
+    assert config.interval == 2.0  # flag
+    assert config.simulation.gpus == 6  # env beats file
+    assert config.simulation.scenario == "idle"  # file beats default
+    assert config.log_level == "debug"
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen_address: '127.0.0.1:9999'\n")
+    assert load_config(environ={"TPW_CONFIG": str(path)}).port == 9999
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        ("interval: -1\n", {}, "interval: Input should be greater than or equal to 0.05 (got -1)"),
+        ("intervall: 1\n", {}, "intervall: unknown field"),
+        (
+            "simulation:\n  scenario: turbo\n",
+            {},
+            "simulation.scenario: Input should be 'idle', 'compute-bound'",
+        ),
+        ("listen_address: nonsense\n", {}, "listen_address: expected host:port"),
+        ("", {"TPW_SIMULATION__GPUS": "many"}, "simulation.gpus: Input should be a valid integer"),
+        ("- a\n- b\n", {}, "expected a mapping of settings, got list"),
+        ("interval: [\n", {}, "line 2"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_field(
+    tmp_path: Path, text: str, environ: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(tmp_path / "absent.yaml", {})
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
+    result = run_cli("check-config", str(write(tmp_path, "interval: 2.5\n")))
+    assert result.returncode == 0, result.stderr
+    assert "interval: 2.5" in result.stdout
+    assert "listen_address: 0.0.0.0:9835" in result.stdout
+
+
+def test_check_config_rejects_bad_value_without_traceback(tmp_path: Path) -> None:
+    result = run_cli("check-config", str(write(tmp_path, "simulation:\n  gpus: 0\n")))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "simulation.gpus" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_flag_value_exits_2_naming_the_field() -> None:
+    result = run_cli("demo", "--interval", "0")
+    assert result.returncode == 2
+    assert "config error: interval" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_and_version() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for word in ("serve", "demo", "check-config", "TPW_"):
+        assert word in result.stdout
+    demo_help = run_cli("demo", "--help").stdout
+    assert "--scenario" in demo_help and "memory-bound" in demo_help
+    assert run_cli("--version").stdout.startswith("tpw-exporter ")

@@ -1,0 +1,110 @@
+"""Rendering: absent stays absent, naming conventions, both formats, promtool's linter."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from fake_nvml import Clock
+from helpers import promtool
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.model import GpuInfo, GpuSample, Profiling, Snapshot, SourceStatus
+from exporter.render import Renderer
+from exporter.sources.simulated import SimulatedSource
+
+
+def simulated_snapshot(gpus: int = 2, scenario: str = "mixed") -> Snapshot:
+    clock = Clock()
+    source = SimulatedSource(gpus=gpus, scenario=scenario, phase_seconds=10, clock=clock)
+    asyncio.run(source.collect())
+    clock.advance(1.0)
+    collected = asyncio.run(source.collect())
+    return Snapshot(
+        tick=2,
+        wall_time=1.8e9,
+        monotonic_time=clock(),
+        duration_seconds=0.001,
+        gpus=collected.gpus,
+        sources=(SourceStatus("simulated", True, 0.0001),),
+        node=collected.node,
+    )
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_absent_fields_render_no_series() -> None:
+    bare = GpuSample(info=GpuInfo(index=0, uuid="GPU-x", name="old GPU"), power_watts=50.0)
+    snapshot = Snapshot(tick=1, wall_time=0, monotonic_time=0, duration_seconds=0, gpus=(bare,))
+    text = Renderer().render(snapshot).text.decode()
+    assert 'tpw_gpu_power_watts{gpu="0"} 50.0' in text
+    assert "tpw_gpu_sm_active_ratio{" not in text
+    assert "tpw_gpu_temperature_celsius{" not in text
+    assert 'tpw_gpu_profiling_supported{gpu="0"} 0.0' in text
+
+
+def test_down_gpu_keeps_identity_and_drops_its_values() -> None:
+    info = GpuInfo(index=1, uuid="GPU-lost", name="H100")
+    lost = GpuSample(info=info, up=False, error="GPU is lost", power_watts=None)
+    alive = GpuSample(info=GpuInfo(index=0, uuid="GPU-ok", name="H100"), power_watts=300.0, energy_joules=9.0)
+    snapshot = Snapshot(tick=1, wall_time=0, monotonic_time=0, duration_seconds=0, gpus=(alive, lost))
+    values = samples(Renderer().render(snapshot).text.decode())
+    assert values[("tpw_gpu_up", (("gpu", "1"),))] == 0
+    assert values[("tpw_gpu_up", (("gpu", "0"),))] == 1
+    assert ("tpw_gpu_energy_joules_total", (("gpu", "0"),)) in values
+    assert not any(name == "tpw_gpu_power_watts" and dict(labels)["gpu"] == "1" for name, labels in values)
+
+
+def test_profiling_ratios_and_rates_render_with_units() -> None:
+    profiling = Profiling(1.0, {"tensor_active": 0.93}, {"pcie_rx_bytes_per_second": 2048.0})
+    gpu = GpuSample(info=GpuInfo(index=0, uuid="u", name="n", profiling_supported=True), profiling=profiling)
+    snapshot = Snapshot(tick=1, wall_time=0, monotonic_time=0, duration_seconds=0, gpus=(gpu,))
+    values = samples(Renderer().render(snapshot).text.decode())
+    assert values[("tpw_gpu_tensor_active_ratio", (("gpu", "0"),))] == 0.93
+    assert values[("tpw_gpu_pcie_rx_bytes_per_second", (("gpu", "0"),))] == 2048.0
+    assert values[("tpw_gpu_profiling_window_seconds", (("gpu", "0"),))] == 1.0
+
+
+def test_clock_event_reasons_become_a_bounded_label_set() -> None:
+    gpu = GpuSample(info=GpuInfo(index=0, uuid="u", name="n"), clock_event_reasons=0x4 | 0x40)
+    snapshot = Snapshot(tick=1, wall_time=0, monotonic_time=0, duration_seconds=0, gpus=(gpu,))
+    values = samples(Renderer().render(snapshot).text.decode())
+    active = {dict(k[1])["reason"] for k, v in values.items() if k[0] == "tpw_gpu_clock_event_active" and v}
+    assert active == {"sw_power_cap", "hw_thermal_slowdown"}
+
+
+def test_every_family_has_help_and_follows_conventions() -> None:
+    text = Renderer().render(simulated_snapshot(4)).text.decode()
+    families = list(text_string_to_metric_families(text))
+    ours = [f for f in families if f.name.startswith("tpw_")]
+    assert len(ours) > 25
+    for family in ours:
+        assert family.documentation, family.name
+        if family.type == "counter":
+            assert all(s.name.endswith("_total") for s in family.samples), family.name
+        if family.name.endswith("_ratio"):
+            assert all(0.0 <= s.value <= 1.0 for s in family.samples), family.name
+    # Simulated GPUs are labelled as such.
+    assert re.search(r'tpw_gpu_info\{[^}]*simulated="true"', text)
+    assert 'tpw_simulation_info{scenario="mixed"} 1.0' in text
+
+
+def test_openmetrics_output_is_valid_and_terminated() -> None:
+    exposition = Renderer().render(simulated_snapshot(2))
+    om = exposition.openmetrics.decode()
+    assert om.endswith("# EOF\n")
+    assert "# TYPE tpw_gpu_energy_joules counter" in om
+    assert "# TYPE tpw_gpu info" in om
+
+
+def test_promtool_check_metrics_passes() -> None:
+    text = Renderer().render(simulated_snapshot(2)).text.decode()
+    result = promtool("check", "metrics", input_text=text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
