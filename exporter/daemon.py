@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from exporter.model import GpuSample, NodeInfo, Snapshot, SourceStatus
+from exporter.model import EndpointSample, GpuSample, NodeInfo, Snapshot, SourceStatus
 from exporter.render import Exposition, Renderer
 from exporter.sources.base import Collected, Source, SourceError
 
@@ -94,10 +94,12 @@ class Daemon:
         started = self._clock()
         results = await asyncio.gather(*(self._collect(source) for source in self.sources))
         gpus: list[GpuSample] = []
+        endpoints: list[EndpointSample] = []
         for collected, _ in results:
             if collected is None:
                 continue
             gpus.extend(collected.gpus)
+            endpoints.extend(collected.endpoints)
             if collected.node is not None:
                 self._node = collected.node
         for gpu in gpus:
@@ -109,6 +111,7 @@ class Daemon:
             monotonic_time=started,
             duration_seconds=0.0,
             gpus=tuple(sorted(gpus, key=lambda g: g.info.index)),
+            endpoints=tuple(endpoints),
             sources=tuple(status for _, status in results),
             node=self._node,
         )

@@ -95,6 +95,35 @@ class SourceStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointValue:
+    """One normalized value read from a serving engine (see `exporter.engines` for the fields)."""
+
+    field: str  # e.g. "generation_tokens_total", "requests_running", "ttft_seconds_sum"
+    model: str  # the engine's model name; "" when the engine has none
+    value: float
+    outcome: str | None = None  # only for requests_total: success | failure | aborted | other | unknown
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSample:
+    """One serving endpoint at one tick. `up` False: the scrape failed, `values` is empty."""
+
+    name: str
+    engine: str  # resolved engine profile ("vllm", …); "unknown" while `auto` has not detected one
+    url: str
+    unit: str = "tokens"  # unit of work: tokens | images | samples | requests
+    up: bool = True
+    error: str | None = None
+    timestamp: float = 0.0  # monotonic seconds when the page was read
+    duration_seconds: float = 0.0
+    values: tuple[EndpointValue, ...] = ()
+    gpus: tuple[int, ...] = ()  # indices of the GPUs attributed to this endpoint
+    attribution: str = "all"  # "config" | "auto" | "all" (fallback: every GPU on the node)
+    attribution_note: str | None = None  # why auto attribution fell back, if it did
+    malformed_lines: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class NodeInfo:
     driver_version: str = ""
     nvml_version: str = ""
@@ -111,5 +140,6 @@ class Snapshot:
     monotonic_time: float
     duration_seconds: float
     gpus: tuple[GpuSample, ...] = ()
+    endpoints: tuple[EndpointSample, ...] = ()
     sources: tuple[SourceStatus, ...] = ()
     node: NodeInfo = NodeInfo()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from exporter.model import GpuSample, NodeInfo
+from exporter.model import EndpointSample, GpuSample, NodeInfo
 
 
 class SourceError(Exception):
@@ -23,6 +23,7 @@ class Collected:
     """What one source delivered for one tick."""
 
     gpus: tuple[GpuSample, ...] = ()
+    endpoints: tuple[EndpointSample, ...] = ()
     node: NodeInfo | None = None
 
 
