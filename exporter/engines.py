@@ -1,0 +1,466 @@
+"""Serving-engine profiles: which source samples feed which normalized field.
+
+Each :class:`EngineProfile` lists, per normalized field, candidate sources in preference order
+(newest metric name first). :func:`normalize` picks, for every field and every model, the first
+candidate that has samples on the page, so an engine that renamed a metric between versions is
+read either way and never counted twice. Citations for every name are in ``docs/engines.md``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, get_args
+
+from exporter.promtext import Sample
+
+__all__ = [
+    "NORMALIZED_FIELDS",
+    "OUTCOMES",
+    "PROFILES",
+    "EngineProfile",
+    "FieldSource",
+    "NormalizedField",
+    "NormalizedSeries",
+    "detect_engine",
+    "generic_profile",
+    "is_detection_name",
+    "normalize",
+]
+
+NormalizedField = Literal[
+    "requests_total",
+    "prompt_tokens_total",
+    "generation_tokens_total",
+    "requests_running",
+    "requests_waiting",
+    "kv_cache_usage_ratio",
+    "ttft_seconds_sum",
+    "ttft_seconds_count",
+    "e2e_latency_seconds_sum",
+    "e2e_latency_seconds_count",
+    "work_units_total",
+]
+NORMALIZED_FIELDS: tuple[str, ...] = get_args(NormalizedField)
+
+OUTCOMES: tuple[str, ...] = ("success", "failure", "aborted", "other", "unknown")
+"""Values of the ``outcome`` of ``requests_total``; ``unknown`` when the engine has no split."""
+
+_MEAN_FIELDS = frozenset({"kv_cache_usage_ratio"})
+"""Fields averaged (not summed) over the series of one model, e.g. over data-parallel ranks."""
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def _no_labels() -> Mapping[str, str]:
+    """The shared empty label mapping (a dataclass default factory)."""
+    return _EMPTY
+
+
+@dataclass(frozen=True)
+class FieldSource:
+    """One source metric of a normalized field.
+
+    ``metric`` is the sample name as exposed (``vllm:generation_tokens_total``,
+    ``foo_sum``…). Each sample value is multiplied by ``scale`` (0.01 for percent, 1e-3 for
+    ms, 1e-6 for µs). Only samples whose labels equal every pair of ``match`` are read.
+    For ``requests_total`` the outcome of a sample is ``outcome_map[labels[outcome_label]]``,
+    falling back to ``outcome`` when the label is absent or its value is not mapped.
+    With ``divide_by``, the value is this metric over that one, both summed per model
+    (e.g. used over total KV-cache blocks).
+    """
+
+    metric: str
+    scale: float = 1.0
+    outcome: str = "unknown"
+    outcome_label: str | None = None
+    outcome_map: Mapping[str, str] = field(default_factory=_no_labels, hash=False)
+    match: Mapping[str, str] = field(default_factory=_no_labels, hash=False)
+    divide_by: FieldSource | None = None
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        """Whether a sample with these labels belongs to this source."""
+        return all(labels.get(key) == value for key, value in self.match.items())
+
+    def outcome_of(self, labels: Mapping[str, str]) -> str:
+        """The normalized outcome of a sample with these labels."""
+        raw = labels.get(self.outcome_label) if self.outcome_label else None
+        return self.outcome if raw is None else self.outcome_map.get(raw, self.outcome)
+
+    def metrics(self) -> Iterator[str]:
+        """Every sample name this source reads."""
+        yield self.metric
+        if self.divide_by is not None:
+            yield from self.divide_by.metrics()
+
+
+Candidate = tuple[FieldSource, ...]
+"""Sources summed together to make one candidate reading of a field (e.g. success + failure)."""
+
+
+@dataclass(frozen=True, eq=False)
+class EngineProfile:
+    """How to read one serving engine's metrics page.
+
+    ``fields`` maps a normalized field to its candidates in preference order; ``model_labels``
+    are the source labels carrying the model name (first present wins, ``""`` when none);
+    ``detect`` are the sample-name prefixes that identify the engine; ``work_unit`` is what
+    ``work_units_total`` counts; ``citation`` says where the names come from. Profiles compare
+    and hash by identity.
+    """
+
+    name: str
+    fields: Mapping[str, tuple[Candidate, ...]]
+    model_labels: tuple[str, ...]
+    detect: tuple[str, ...]
+    citation: str
+    work_unit: str = "tokens"
+
+    def wanted_names(self) -> frozenset[str]:
+        """Every sample name the profile may read, for :func:`exporter.promtext.parse_selected`."""
+        return frozenset(
+            name
+            for candidates in self.fields.values()
+            for candidate in candidates
+            for source in candidate
+            for name in source.metrics()
+        )
+
+    def model_of(self, labels: Mapping[str, str]) -> str:
+        """The model a sample belongs to."""
+        return next((labels[label] for label in self.model_labels if label in labels), "")
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedSeries:
+    """One normalized value of an endpoint, per field, model and (for requests) outcome."""
+
+    field: str
+    model: str
+    outcome: str | None
+    value: float
+
+
+def _labels(**pairs: str) -> Mapping[str, str]:
+    """A read-only label mapping, for ``match`` and ``outcome_map``."""
+    return MappingProxyType(pairs)
+
+
+def _one(metric: str, scale: float = 1.0, match: Mapping[str, str] = _EMPTY) -> Candidate:
+    """A candidate made of a single source."""
+    return (FieldSource(metric, scale=scale, match=match),)
+
+
+def _histogram(prefix: str, base: str, scale: float = 1.0) -> dict[str, tuple[Candidate, ...]]:
+    """The ``<prefix>_sum`` and ``<prefix>_count`` fields read from histogram ``base``."""
+    return {
+        f"{prefix}_sum": (_one(f"{base}_sum", scale=scale),),
+        f"{prefix}_count": (_one(f"{base}_count"),),
+    }
+
+
+# vLLM finish reasons: vllm/v1/engine/__init__.py FINISH_REASON_STRINGS (V0: vllm/sequence.py).
+_VLLM_OUTCOMES = _labels(
+    stop="success", length="success", repetition="success", abort="aborted", error="failure"
+)
+
+VLLM = EngineProfile(
+    name="vllm",
+    fields={
+        "requests_total": (
+            (
+                FieldSource(
+                    "vllm:request_success_total",
+                    outcome="other",
+                    outcome_label="finished_reason",
+                    outcome_map=_VLLM_OUTCOMES,
+                ),
+            ),
+        ),
+        "prompt_tokens_total": (_one("vllm:prompt_tokens_total"),),
+        "generation_tokens_total": (_one("vllm:generation_tokens_total"),),
+        "requests_running": (_one("vllm:num_requests_running"),),
+        "requests_waiting": (_one("vllm:num_requests_waiting"),),
+        # Renamed in v0.9; both are 0..1 fractions ("1 means 100 percent usage").
+        "kv_cache_usage_ratio": (_one("vllm:kv_cache_usage_perc"), _one("vllm:gpu_cache_usage_perc")),
+        **_histogram("ttft_seconds", "vllm:time_to_first_token_seconds"),
+        **_histogram("e2e_latency_seconds", "vllm:e2e_request_latency_seconds"),
+    },
+    model_labels=("model_name",),
+    detect=("vllm:",),
+    citation="vllm-project/vllm vllm/engine/metrics.py (V0 engine), vllm/v1/metrics/loggers.py (V1 engine)",
+)
+
+SGLANG = EngineProfile(
+    name="sglang",
+    fields={
+        "requests_total": (_one("sglang:num_requests_total"),),
+        "prompt_tokens_total": (_one("sglang:prompt_tokens_total"),),
+        "generation_tokens_total": (_one("sglang:generation_tokens_total"),),
+        "requests_running": (_one("sglang:num_running_reqs"),),
+        "requests_waiting": (_one("sglang:num_queue_reqs"),),
+        # num_used_tokens / max_total_num_tokens of the KV pool, a 0..1 fraction.
+        "kv_cache_usage_ratio": (_one("sglang:token_usage"),),
+        **_histogram("ttft_seconds", "sglang:time_to_first_token_seconds"),
+        **_histogram("e2e_latency_seconds", "sglang:e2e_request_latency_seconds"),
+    },
+    model_labels=("model_name",),
+    detect=("sglang:",),
+    citation="sgl-project/sglang python/sglang/srt/metrics/collector.py",
+)
+
+TGI = EngineProfile(
+    name="tgi",
+    fields={
+        "requests_total": (
+            (
+                FieldSource("tgi_request_success", outcome="success"),
+                FieldSource(
+                    "tgi_request_failure",
+                    outcome="failure",
+                    outcome_label="err",
+                    outcome_map=_labels(dropped="aborted"),
+                ),
+            ),
+        ),
+        "prompt_tokens_total": (_one("tgi_request_input_length_sum"),),
+        "generation_tokens_total": (_one("tgi_request_generated_tokens_sum"),),
+        "requests_running": (_one("tgi_batch_current_size"),),
+        "requests_waiting": (_one("tgi_queue_size"),),
+        **_histogram("e2e_latency_seconds", "tgi_request_duration"),
+    },
+    model_labels=(),
+    detect=("tgi_",),
+    citation="huggingface/text-generation-inference docs/source/reference/metrics.md, router/src/server.rs",
+)
+
+_TRT_LLM_KV = "nv_trt_llm_kv_cache_block_metrics"
+_TRT_LLM_REQUESTS = "nv_trt_llm_request_metrics"
+
+TRITON = EngineProfile(
+    name="triton",
+    fields={
+        "requests_total": (
+            (
+                FieldSource("nv_inference_request_success", outcome="success"),
+                FieldSource(
+                    "nv_inference_request_failure",
+                    outcome="failure",
+                    outcome_label="reason",
+                    outcome_map=_labels(CANCELED="aborted"),
+                ),
+            ),
+        ),
+        "prompt_tokens_total": (
+            _one("nv_llm_input_token_len_sum", match=_labels(response_metric_type="total_input_tokens")),
+        ),
+        "generation_tokens_total": (
+            _one("nv_llm_output_token_len_sum", match=_labels(response_metric_type="total_output_tokens")),
+        ),
+        "requests_running": (_one(_TRT_LLM_REQUESTS, match=_labels(request_type="scheduled")),),
+        "requests_waiting": (
+            _one(_TRT_LLM_REQUESTS, match=_labels(request_type="waiting")),
+            _one("nv_inference_pending_request_count"),
+        ),
+        "kv_cache_usage_ratio": (
+            _one(_TRT_LLM_KV, match=_labels(kv_cache_block_type="fraction")),
+            (
+                FieldSource(
+                    _TRT_LLM_KV,
+                    match=_labels(kv_cache_block_type="used"),
+                    divide_by=FieldSource(_TRT_LLM_KV, match=_labels(kv_cache_block_type="max")),
+                ),
+            ),
+        ),
+        **_histogram("ttft_seconds", "nv_inference_first_response_histogram_ms", scale=1e-3),
+        # Cumulative microsecond counters (default) or the optional summary; both cover successes only.
+        "e2e_latency_seconds_sum": (
+            _one("nv_inference_request_duration_us", scale=1e-6),
+            _one("nv_inference_request_summary_us_sum", scale=1e-6),
+        ),
+        "e2e_latency_seconds_count": (
+            _one("nv_inference_request_success"),
+            _one("nv_inference_request_summary_us_count"),
+        ),
+    },
+    model_labels=("model",),
+    detect=("nv_inference_", "nv_trt_llm_"),
+    citation=(
+        "triton-inference-server/server docs/user_guide/metrics.md; "
+        "triton-inference-server/tensorrtllm_backend "
+        "inflight_batcher_llm/src/custom_metrics_reporter/custom_metrics_reporter.cc, "
+        "all_models/inflight_batcher_llm/tensorrt_llm/1/model.py"
+    ),
+)
+
+LLAMACPP = EngineProfile(
+    name="llamacpp",
+    fields={
+        "prompt_tokens_total": (_one("llamacpp:prompt_tokens_total"),),
+        "generation_tokens_total": (_one("llamacpp:tokens_predicted_total"),),
+        "requests_running": (_one("llamacpp:requests_processing"),),
+        "requests_waiting": (_one("llamacpp:requests_deferred"),),
+        # used cells / n_ctx, removed from /metrics by ggml-org/llama.cpp#13660.
+        "kv_cache_usage_ratio": (_one("llamacpp:kv_cache_usage_ratio"),),
+    },
+    model_labels=(),
+    detect=("llamacpp:",),
+    citation="ggml-org/llama.cpp examples/server/server.cpp, later tools/server/server-context.cpp",
+)
+
+PROFILES: dict[str, EngineProfile] = {
+    profile.name: profile for profile in (VLLM, SGLANG, TGI, TRITON, LLAMACPP)
+}
+
+# Engine-specific prefixes first: Triton's own metrics can sit on a page next to a backend's.
+_DETECT_ORDER = ("vllm", "sglang", "tgi", "llamacpp", "triton")
+_DETECT_PREFIXES = tuple(prefix for name in _DETECT_ORDER for prefix in PROFILES[name].detect)
+
+
+def is_detection_name(name: str) -> bool:
+    """Whether a sample name can identify an engine (a cheap ``wanted`` for auto-detection)."""
+    return name.startswith(_DETECT_PREFIXES)
+
+
+def detect_engine(items: Iterable[Sample] | Iterable[str]) -> str | None:
+    """The profile name of the engine whose samples (or sample names) these are, or ``None``."""
+    found: set[str] = set()
+    for item in items:
+        name = item if isinstance(item, str) else item.name
+        if is_detection_name(name):
+            found.update(engine for engine in _DETECT_ORDER if name.startswith(PROFILES[engine].detect))
+    return next((engine for engine in _DETECT_ORDER if engine in found), None)
+
+
+def generic_profile(
+    mapping: Mapping[str, str], unit: str, *, model_labels: tuple[str, ...] = ()
+) -> EngineProfile:
+    """A profile built from user configuration: normalized field -> exact source sample name.
+
+    ``unit`` is what the endpoint's work is counted in (``tokens``, ``images``, ``samples``…);
+    ``work_units_total`` may only be mapped when it is not ``tokens``. Raises ``ValueError``
+    naming the offending key, and the allowed ones, on a bad mapping.
+    """
+    allowed = ", ".join(NORMALIZED_FIELDS)
+    for key, metric in mapping.items():
+        if key not in NORMALIZED_FIELDS:
+            raise ValueError(f"unknown normalized field {key!r} in generic mapping; allowed: {allowed}")
+        if not isinstance(metric, str) or not metric.strip():
+            raise ValueError(f"generic mapping for {key!r} must be a non-empty metric name, got {metric!r}")
+    if not unit or not unit.strip():
+        raise ValueError("generic endpoint unit must be a non-empty string such as 'tokens' or 'images'")
+    if unit == "tokens" and "work_units_total" in mapping:
+        raise ValueError(
+            "'work_units_total' is only for endpoints whose unit is not tokens; "
+            "map 'generation_tokens_total' instead or set another unit"
+        )
+    return EngineProfile(
+        name="generic",
+        fields={key: (_one(metric.strip()),) for key, metric in mapping.items()},
+        model_labels=model_labels,
+        detect=(),
+        citation="user configuration",
+        work_unit=unit,
+    )
+
+
+SeriesKey = tuple[str, str | None]
+"""(model, outcome) of a normalized value; outcome is ``None`` outside ``requests_total``."""
+
+
+def normalize(profile: EngineProfile, samples: Iterable[Sample]) -> list[NormalizedSeries]:
+    """Map a page's samples to normalized series, one per (field, model, outcome).
+
+    Values are summed over every other label (engine rank, ``le``-less duplicates, finish
+    reasons mapping to one outcome…), except ``kv_cache_usage_ratio`` which is averaged.
+    For each field and model the first candidate with samples wins, so old and new names of a
+    renamed metric are never added together.
+    """
+    wanted = profile.wanted_names()
+    by_metric: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        if sample.name in wanted:
+            by_metric[sample.name].append(sample)
+    series: list[NormalizedSeries] = []
+    for name, candidates in profile.fields.items():
+        series.extend(_normalize_field(profile, name, candidates, by_metric))
+    return series
+
+
+def _normalize_field(
+    profile: EngineProfile,
+    name: str,
+    candidates: tuple[Candidate, ...],
+    by_metric: Mapping[str, list[Sample]],
+) -> Iterator[NormalizedSeries]:
+    """The series of one field, each model taken from the first candidate that has it."""
+    covered: set[str] = set()
+    for candidate in candidates:
+        values = _evaluate(profile, name, candidate, by_metric)
+        fresh = [(key, value) for key, value in values.items() if key[0] not in covered]
+        covered.update(model for (model, _), _ in fresh)
+        for (model, outcome), value in fresh:
+            yield NormalizedSeries(name, model, outcome, value)
+
+
+def _evaluate(
+    profile: EngineProfile,
+    name: str,
+    candidate: Candidate,
+    by_metric: Mapping[str, list[Sample]],
+) -> dict[SeriesKey, float]:
+    """Aggregate the values of one candidate per (model, outcome)."""
+    totals: dict[SeriesKey, list[float]] = {}
+    for source in candidate:
+        for key, value in _source_values(profile, name, source, by_metric):
+            total = totals.setdefault(key, [0.0, 0.0])
+            total[0] += value
+            total[1] += 1
+    if name in _MEAN_FIELDS:
+        return {key: total / count for key, (total, count) in totals.items()}
+    return {key: total for key, (total, _) in totals.items()}
+
+
+def _source_values(
+    profile: EngineProfile,
+    name: str,
+    source: FieldSource,
+    by_metric: Mapping[str, list[Sample]],
+) -> Iterator[tuple[SeriesKey, float]]:
+    """The scaled values of one source, keyed by (model, outcome)."""
+    if source.divide_by is not None:
+        yield from _ratio_values(profile, source, source.divide_by, by_metric)
+        return
+    with_outcome = name == "requests_total"
+    for sample in by_metric.get(source.metric, ()):
+        if source.selects(sample.labels):
+            outcome = source.outcome_of(sample.labels) if with_outcome else None
+            yield (profile.model_of(sample.labels), outcome), sample.value * source.scale
+
+
+def _ratio_values(
+    profile: EngineProfile,
+    source: FieldSource,
+    divisor: FieldSource,
+    by_metric: Mapping[str, list[Sample]],
+) -> Iterator[tuple[SeriesKey, float]]:
+    """Per model, the sum of ``source`` over the sum of ``divisor`` (skipped when that is 0)."""
+    numerators = _sum_by_model(profile, source, by_metric)
+    denominators = _sum_by_model(profile, divisor, by_metric)
+    for model, numerator in numerators.items():
+        denominator = denominators.get(model)
+        if denominator:
+            yield (model, None), numerator / denominator * source.scale
+
+
+def _sum_by_model(
+    profile: EngineProfile, source: FieldSource, by_metric: Mapping[str, list[Sample]]
+) -> dict[str, float]:
+    """Sum of a source's selected samples per model, unscaled."""
+    sums: dict[str, float] = defaultdict(float)
+    for sample in by_metric.get(source.metric, ()):
+        if source.selects(sample.labels):
+            sums[profile.model_of(sample.labels)] += sample.value
+    return sums
