@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, get_args
 
+from exporter.model import EndpointValue
 from exporter.promtext import Sample
 
 __all__ = [
@@ -133,14 +134,8 @@ class EngineProfile:
         return next((labels[label] for label in self.model_labels if label in labels), "")
 
 
-@dataclass(frozen=True, slots=True)
-class NormalizedSeries:
-    """One normalized value of an endpoint, per field, model and (for requests) outcome."""
-
-    field: str
-    model: str
-    outcome: str | None
-    value: float
+NormalizedSeries = EndpointValue
+"""One normalized value of an endpoint, per field, model and (for requests) outcome."""
 
 
 def _labels(**pairs: str) -> Mapping[str, str]:
@@ -402,7 +397,7 @@ def _normalize_field(
         fresh = [(key, value) for key, value in values.items() if key[0] not in covered]
         covered.update(model for (model, _), _ in fresh)
         for (model, outcome), value in fresh:
-            yield NormalizedSeries(name, model, outcome, value)
+            yield NormalizedSeries(field=name, model=model, value=value, outcome=outcome)
 
 
 def _evaluate(

@@ -80,17 +80,19 @@ class Scenario:
         """GPU i starts i phases into the cycle, so a mixed node shows every pattern at once."""
         return self.cycle[(int(t // self.phase_seconds) + gpu) % len(self.cycle)]
 
-    def energy_joules(self, gpu: int, t: float) -> float:
-        """Exact ∫₀ᵗ power dt for this GPU: whole cycles, whole phases, then the partial phase, + wobble."""
+    def integral(self, gpu: int, t: float, rate: Callable[[str], float]) -> float:
+        """Exact ∫₀ᵗ rate(workload at s) ds for this GPU: whole cycles, whole phases, then the partial one."""
         period = self.phase_seconds * len(self.cycle)
-        powers = [
-            WORKLOADS[self.cycle[(k + gpu) % len(self.cycle)]].power_watts for k in range(len(self.cycle))
-        ]
+        rates = [rate(self.cycle[(k + gpu) % len(self.cycle)]) for k in range(len(self.cycle))]
         cycles, rest = divmod(t, period)
-        energy = cycles * sum(powers) * self.phase_seconds
         whole_phases, partial = divmod(rest, self.phase_seconds)
-        energy += sum(powers[: int(whole_phases)]) * self.phase_seconds
-        energy += powers[int(whole_phases) % len(powers)] * partial
+        total = cycles * sum(rates) * self.phase_seconds
+        total += sum(rates[: int(whole_phases)]) * self.phase_seconds
+        return total + rates[int(whole_phases) % len(rates)] * partial
+
+    def energy_joules(self, gpu: int, t: float) -> float:
+        """Exact ∫₀ᵗ power dt for this GPU, the wobble included."""
+        energy = self.integral(gpu, t, lambda workload: WORKLOADS[workload].power_watts)
         omega, phase = _wobble(gpu)
         return energy + POWER_WOBBLE_WATTS / omega * (math.cos(phase) - math.cos(omega * t + phase))
 

@@ -1,0 +1,133 @@
+"""Endpoint samples → metric families: health, attribution and the normalized serving counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+
+from exporter.model import EndpointSample, Snapshot
+
+# normalized field → (metric name without _total, help, is counter)
+SIMPLE_FIELDS: dict[str, tuple[str, str, bool]] = {
+    "prompt_tokens_total": ("tpw_endpoint_prompt_tokens", "Prompt (prefill) tokens processed.", True),
+    "generation_tokens_total": ("tpw_endpoint_generation_tokens", "Tokens generated (decode).", True),
+    "requests_running": ("tpw_endpoint_requests_running", "Requests in the running batch now.", False),
+    "requests_waiting": ("tpw_endpoint_requests_waiting", "Requests queued, waiting to be scheduled.", False),
+    "kv_cache_usage_ratio": ("tpw_endpoint_kv_cache_usage_ratio", "KV-cache usage, 0..1.", False),
+}
+# summary name → (help, sum field, count field)
+SUMMARIES: dict[str, tuple[str, str, str]] = {
+    "tpw_endpoint_time_to_first_token_seconds": (
+        "Time to first token: sum and count from the engine's histogram.",
+        "ttft_seconds_sum",
+        "ttft_seconds_count",
+    ),
+    "tpw_endpoint_request_latency_seconds": (
+        "End-to-end request latency: sum and count from the engine's histogram.",
+        "e2e_latency_seconds_sum",
+        "e2e_latency_seconds_count",
+    ),
+}
+LABELS = ["endpoint", "engine", "model"]
+
+
+def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "tpw_endpoint_up",
+        "1 if the endpoint's metrics page was scraped and understood this tick.",
+        labels=["endpoint", "engine"],
+    )
+    duration = GaugeMetricFamily(
+        "tpw_endpoint_scrape_duration_seconds",
+        "Time the last scrape of the endpoint took.",
+        labels=["endpoint"],
+    )
+    info = GaugeMetricFamily(
+        "tpw_endpoint_info",
+        "Always 1: the endpoint's engine, URL (credentials removed) and unit of work.",
+        labels=["endpoint", "engine", "url", "unit"],
+    )
+    errors = CounterMetricFamily(
+        "tpw_endpoint_scrape_errors",
+        "Scrape problems since start by reason: connect, timeout, http_status, redirect, too_large, decode, "
+        "no_engine, no_metrics, http, malformed_line (lines skipped).",
+        labels=["endpoint", "reason"],
+    )
+    resets = CounterMetricFamily(
+        "tpw_endpoint_counter_resets",
+        "Engine counters seen going backwards (restarts) since start.",
+        labels=["endpoint"],
+    )
+    attribution = GaugeMetricFamily(
+        "tpw_endpoint_gpu_info",
+        "Always 1: a GPU attributed to the endpoint; "
+        "attribution = config | auto | all (fallback: every GPU).",
+        labels=["endpoint", "gpu", "attribution"],
+    )
+    start = GaugeMetricFamily(
+        "tpw_endpoint_process_start_time_seconds",
+        "The engine's own process_start_time_seconds: a change marks a restart or a deploy.",
+        labels=["endpoint"],
+    )
+    for endpoint in endpoints:
+        up.add_metric([endpoint.name, endpoint.engine], 1.0 if endpoint.up else 0.0)
+        duration.add_metric([endpoint.name], endpoint.duration_seconds)
+        info.add_metric([endpoint.name, endpoint.engine, endpoint.url, endpoint.unit], 1.0)
+        for reason, count in endpoint.errors_total:
+            errors.add_metric([endpoint.name, reason], float(count))
+        resets.add_metric([endpoint.name], float(endpoint.counter_resets_total))
+        for gpu in endpoint.gpus:
+            attribution.add_metric([endpoint.name, str(gpu), endpoint.attribution], 1.0)
+        if endpoint.process_start_time_seconds is not None:
+            start.add_metric([endpoint.name], endpoint.process_start_time_seconds)
+    yield from (up, duration, info, errors, resets, attribution, start)
+
+
+def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
+    live = [endpoint for endpoint in endpoints if endpoint.up]
+    requests = CounterMetricFamily(
+        "tpw_endpoint_requests",
+        "Completed requests by outcome "
+        "(success, failure, aborted, other; unknown when the engine has no split).",
+        labels=[*LABELS, "outcome"],
+    )
+    work = CounterMetricFamily(
+        "tpw_endpoint_work_units",
+        "Units of work served by generic endpoints whose unit is not tokens.",
+        labels=[*LABELS, "unit"],
+    )
+    simple = {
+        field: (CounterMetricFamily if is_counter else GaugeMetricFamily)(name, help_text, labels=LABELS)
+        for field, (name, help_text, is_counter) in SIMPLE_FIELDS.items()
+    }
+    # (endpoint, engine, model) → {field: value} for the latency sums and counts
+    latency: dict[tuple[str, str, str], dict[str, float]] = {}
+    for endpoint in live:
+        for value in endpoint.values:
+            labels = [endpoint.name, endpoint.engine, value.model]
+            if value.field == "requests_total":
+                requests.add_metric([*labels, value.outcome or "unknown"], value.value)
+            elif value.field == "work_units_total":
+                work.add_metric([*labels, endpoint.unit], value.value)
+            elif value.field in simple:
+                simple[value.field].add_metric(labels, value.value)
+            else:
+                latency.setdefault((endpoint.name, endpoint.engine, value.model), {})[value.field] = (
+                    value.value
+                )
+    yield from (requests, work, *simple.values())
+    for name, (help_text, sum_field, count_field) in SUMMARIES.items():
+        family = SummaryMetricFamily(name, help_text, labels=LABELS)
+        for labels, fields in sorted(latency.items()):
+            if sum_field in fields and count_field in fields:
+                family.add_metric(list(labels), count_value=fields[count_field], sum_value=fields[sum_field])
+        yield family
+
+
+def endpoint_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """All endpoint metric families of one snapshot (none when no endpoint is configured)."""
+    if not snapshot.endpoints:
+        return
+    yield from _health_families(snapshot.endpoints)
+    yield from _value_families(snapshot.endpoints)
