@@ -26,7 +26,8 @@ from exporter.model import EndpointSample, GpuSample, Snapshot
 
 log = logging.getLogger(__name__)
 
-PidFinder = Callable[[int], "set[int] | None"]
+# (port, include_siblings) → PIDs behind the listener, or None when no listener is visible.
+PidFinder = Callable[[int, bool], "set[int] | None"]
 
 
 def local_addresses() -> set[str]:
@@ -47,8 +48,12 @@ def is_local_host(host: str, addresses: set[str]) -> bool:
         return host == socket.gethostname()
 
 
-def listener_process_tree(port: int) -> set[int] | None:
-    """PIDs of the process listening on `port` and all its descendants; None if no listener is visible."""
+def listener_process_tree(port: int, include_siblings: bool = False) -> set[int] | None:
+    """PIDs of the process listening on `port` and all its descendants; None if no listener is visible.
+
+    With `include_siblings`, also the descendants of the listener's parent: some engines listen in a
+    front-end whose GPU workers are its siblings under one launcher (TGI's router and shards).
+    """
     try:
         connections = psutil.net_connections(kind="inet")
     except (psutil.AccessDenied, PermissionError):
@@ -63,15 +68,8 @@ def listener_process_tree(port: int) -> set[int] | None:
             process = psutil.Process(pid)
             tree.add(pid)
             tree.update(child.pid for child in process.children(recursive=True))
-            # Engines often listen in a front-end whose GPU workers are its siblings under one parent
-            # (e.g. an API server and engine core spawned by one launcher): include the parent's tree
-            # unless the parent is init or a shell-like supervisor of everything.
-            parent = process.parent()
-            if (
-                parent is not None
-                and parent.pid > 1
-                and parent.name() not in ("systemd", "init", "containerd-shim")
-            ):
+            parent = process.parent() if include_siblings else None
+            if parent is not None and parent.pid > 1:
                 tree.update(child.pid for child in parent.children(recursive=True))
         except psutil.Error:
             continue
@@ -94,7 +92,7 @@ class Attributor:
         self._find_pids = find_pids
         self._clock = clock
         self._addresses = addresses
-        self._pid_cache: dict[str, tuple[float, set[int] | None]] = {}
+        self._pid_cache: dict[tuple[str, bool], tuple[float, set[int] | None]] = {}
         self._notes: dict[str, str | None] = {}
 
     def __call__(self, snapshot: Snapshot) -> Snapshot:
@@ -144,12 +142,7 @@ class Attributor:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if not is_local_host(host, self._addresses()):
             return every, "all", f"auto attribution needs a local URL; {host} is remote, so all GPUs are used"
-        now = self._clock()
-        cached = self._pid_cache.get(name)
-        if cached is None or now - cached[0] >= self._refresh:
-            cached = (now, self._find_pids(port))
-            self._pid_cache[name] = cached
-        pids = cached[1]
+        pids = self._pids(name, port, include_siblings=False)
         if not pids:
             return (
                 every,
@@ -161,8 +154,10 @@ class Attributor:
             )
         matched = tuple(gpu.info.index for gpu in gpus if pids.intersection(gpu.process_ids))
         if not matched:
-            # The engine may have restarted with new PIDs: look again on the next tick.
-            self._pid_cache.pop(name, None)
+            # Some engines' GPU workers are siblings of the listening front-end (same launcher).
+            pids = self._pids(name, port, include_siblings=True) or pids
+            matched = tuple(gpu.info.index for gpu in gpus if pids.intersection(gpu.process_ids))
+        if not matched:  # looked up again after refresh_seconds (the engine may restart with new PIDs)
             return (
                 every,
                 "all",
@@ -172,6 +167,14 @@ class Attributor:
                 ),
             )
         return matched, "auto", None
+
+    def _pids(self, name: str, port: int, include_siblings: bool) -> set[int] | None:
+        now = self._clock()
+        cached = self._pid_cache.get((name, include_siblings))
+        if cached is None or now - cached[0] >= self._refresh:
+            cached = (now, self._find_pids(port, include_siblings))
+            self._pid_cache[(name, include_siblings)] = cached
+        return cached[1]
 
     def _log_note(self, name: str, note: str | None) -> None:
         if self._notes.get(name, "unset") == note:

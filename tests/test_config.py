@@ -107,3 +107,36 @@ def test_help_and_version() -> None:
     demo_help = run_cli("demo", "--help").stdout
     assert "--scenario" in demo_help and "memory-bound" in demo_help
     assert run_cli("--version").stdout.startswith("tpw-exporter ")
+
+
+def test_endpoint_flag_is_parsed_into_the_config() -> None:
+    from exporter.cli import parse_endpoint_flag
+
+    assert parse_endpoint_flag(
+        "vllm=http://localhost:8000/metrics,engine=vllm,gpus=0+GPU-abc,timeout=1.5"
+    ) == {
+        "name": "vllm",
+        "url": "http://localhost:8000/metrics",
+        "engine": "vllm",
+        "gpus": [0, "GPU-abc"],
+        "timeout_seconds": "1.5",
+    }
+    assert parse_endpoint_flag("a=http://h/metrics,gpus=all")["gpus"] == "all"
+
+
+def test_bad_endpoint_flags_exit_2_with_one_line() -> None:
+    for flag, expected in (
+        ("novalue", "expected NAME=URL"),
+        ("a=http://h/m,colour=red", "unknown option 'colour=red'"),
+        ("a=ftp://h/m", "endpoints.0.url"),
+        ("a=http://h/m,engine=magic", "endpoints.0.engine"),
+    ):
+        result = run_cli("demo", "--endpoint", flag)
+        assert result.returncode == 2, flag
+        assert expected in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_duplicate_endpoint_names_are_refused(tmp_path: Path) -> None:
+    text = "endpoints:\n  - {name: a, url: 'http://h:1/metrics'}\n  - {name: a, url: 'http://h:2/metrics'}\n"
+    with pytest.raises(ConfigError, match="endpoint name 'a' is used twice"):
+        load_config(write(tmp_path, text), {})

@@ -221,22 +221,23 @@ class EndpointScraper:
         )
 
     def _track_counters(self, values: tuple[EndpointValue, ...]) -> None:
-        """Count counters that went backwards (engine restart) and log when the metric set changes."""
+        """Count scrapes where counters went backwards (engine restart); log when the metric set changes."""
         current: dict[tuple[str, str, str | None], float] = {}
+        backwards: list[str] = []
         for value in values:
             if value.field in COUNTER_FIELDS:
                 key = (value.field, value.model, value.outcome)
                 current[key] = value.value
                 previous = self._previous.get(key)
                 if previous is not None and value.value < previous:
-                    self._resets += 1
-                    log.info(
-                        "endpoint %s: %s went backwards (%g → %g): engine restart?",
-                        self.config.name,
-                        value.field,
-                        previous,
-                        value.value,
-                    )
+                    backwards.append(f"{value.field} {previous:g} → {value.value:g}")
+        if backwards:
+            self._resets += 1
+            log.info(
+                "endpoint %s: counters went backwards (engine restart?): %s",
+                self.config.name,
+                "; ".join(backwards),
+            )
         self._previous = current
         fields = frozenset(value.field for value in values)
         if self._fields is not None and fields != self._fields:

@@ -159,7 +159,10 @@ class SimulatedEngineServer:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="simulated-engine", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="simulated-engine",
+            daemon=True,
         )
 
     @property

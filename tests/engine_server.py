@@ -1,0 +1,95 @@
+"""A real HTTP server on loopback that plays a serving engine's /metrics page, misbehaving on request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixtures" / "engines"
+
+
+@dataclass
+class Behaviour:
+    """What the next requests get; tests change it between scrapes."""
+
+    body: bytes | Callable[[], bytes] = b""
+    status: int = 200
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    stream_forever: bool = False  # chunked body that never ends (tests the size cap)
+    requests: int = 0
+
+
+class EngineServer:
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        state = behaviour
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                state.requests += 1
+                if state.delay:
+                    time.sleep(state.delay)
+                body = state.body() if callable(state.body) else state.body
+                self.send_response(state.status)
+                for key, value in state.headers.items():
+                    self.send_header(key, value)
+                if state.stream_forever:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    chunk = b"# filler line\n" * 4096
+                    try:
+                        for _ in range(10_000):  # bounded: at most ~570 MB, the client stops long before
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    return
+                if "Content-Length" not in state.headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def engine_server(body: bytes | Callable[[], bytes] = b"", **kwargs: object) -> Iterator[EngineServer]:
+    server = EngineServer(Behaviour(body=body, **kwargs))  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / f"{name}.prom").read_bytes()

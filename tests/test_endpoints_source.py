@@ -1,0 +1,276 @@
+"""The endpoints source against real HTTP servers on loopback: engines, failures, resets, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+
+import pytest
+from engine_server import engine_server, fixture
+
+from exporter.config import EndpointConfig
+from exporter.model import EndpointSample
+from exporter.sources.endpoints import EndpointsSource, display_url
+
+MODEL = 'model_name="m"'
+
+
+def vllm_page(tokens: float, running: float = 3, extra: str = "") -> bytes:
+    return (
+        "# TYPE vllm:generation_tokens_total counter\n"
+        f'vllm:generation_tokens_total{{engine="0",{MODEL}}} {tokens}\n'
+        "# TYPE vllm:prompt_tokens_total counter\n"
+        f'vllm:prompt_tokens_total{{engine="0",{MODEL}}} {2 * tokens}\n'
+        "# TYPE vllm:num_requests_running gauge\n"
+        f'vllm:num_requests_running{{engine="0",{MODEL}}} {running}\n'
+        f"{extra}"
+    ).encode()
+
+
+def endpoint(url: str, **kwargs: object) -> EndpointConfig:
+    return EndpointConfig(name=str(kwargs.pop("name", "e")), url=url, **kwargs)
+
+
+def scrape(*configs: EndpointConfig, source: EndpointsSource | None = None) -> tuple[EndpointSample, ...]:
+    async def run() -> tuple[EndpointSample, ...]:
+        inner = source or EndpointsSource(configs)
+        try:
+            return (await inner.collect()).endpoints
+        finally:
+            if source is None:
+                await inner.close()
+
+    return asyncio.run(run())
+
+
+def values(sample: EndpointSample) -> dict[tuple[str, str, str | None], float]:
+    return {(v.field, v.model, v.outcome): v.value for v in sample.values}
+
+
+def errors(sample: EndpointSample) -> dict[str, int]:
+    return dict(sample.errors_total)
+
+
+@pytest.mark.parametrize(
+    ("fixture_name", "engine"),
+    [
+        ("vllm_v0", "vllm"),
+        ("vllm_v1", "vllm"),
+        ("sglang", "sglang"),
+        ("tgi", "tgi"),
+        ("triton", "triton"),
+        ("llamacpp_new", "llamacpp"),
+    ],
+)
+def test_each_engine_is_detected_and_normalized_over_http(fixture_name: str, engine: str) -> None:
+    with engine_server(fixture(fixture_name)) as server:
+        (sample,) = scrape(endpoint(server.url))
+    assert sample.up, sample.error
+    assert sample.engine == engine
+    fields = {v.field for v in sample.values}
+    assert "generation_tokens_total" in fields
+    assert all(v.value >= 0 for v in sample.values)
+
+
+def test_explicit_engine_reads_exact_values_and_process_start() -> None:
+    page = vllm_page(1234.0, running=7, extra="process_start_time_seconds 1700000000.5\n")
+    with engine_server(page) as server:
+        (sample,) = scrape(endpoint(server.url, engine="vllm"))
+    assert sample.up and sample.engine == "vllm"
+    got = values(sample)
+    assert got[("generation_tokens_total", "m", None)] == 1234.0
+    assert got[("prompt_tokens_total", "m", None)] == 2468.0
+    assert got[("requests_running", "m", None)] == 7
+    assert sample.process_start_time_seconds == 1700000000.5
+
+
+def test_gzip_pages_are_decoded() -> None:
+    body = gzip.compress(vllm_page(5.0))
+    with engine_server(body, headers={"Content-Encoding": "gzip"}) as server:
+        (sample,) = scrape(endpoint(server.url, engine="vllm"))
+    assert values(sample)[("generation_tokens_total", "m", None)] == 5.0
+
+
+def test_connection_refused_is_down_with_reason() -> None:
+    with engine_server(b"") as server:
+        url = server.url
+    (sample,) = scrape(endpoint(url))
+    assert not sample.up and sample.values == ()
+    assert "cannot connect" in sample.error
+    assert errors(sample) == {"connect": 1}
+
+
+def test_slow_endpoint_times_out_without_delaying_the_others() -> None:
+    with engine_server(vllm_page(1), delay=3.0) as slow, engine_server(vllm_page(2)) as fast:
+        started = time.monotonic()
+        slow_sample, fast_sample = scrape(
+            endpoint(slow.url, name="slow", timeout_seconds=0.3), endpoint(fast.url, name="fast")
+        )
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.5
+    assert not slow_sample.up and "no answer within 0.3 s" in slow_sample.error
+    assert errors(slow_sample) == {"timeout": 1}
+    assert fast_sample.up
+
+
+@pytest.mark.parametrize("status", [404, 500, 503])
+def test_http_errors(status: int) -> None:
+    with engine_server(b"nope", status=status) as server:
+        (sample,) = scrape(endpoint(server.url))
+    assert not sample.up and f"HTTP {status}" in sample.error
+    assert errors(sample) == {"http_status": 1}
+
+
+def test_declared_oversized_body_is_refused_without_reading() -> None:
+    with engine_server(b"x", headers={"Content-Length": str(64 * 1024 * 1024)}) as server:
+        (sample,) = scrape(endpoint(server.url, max_body_bytes=1024 * 1024))
+    assert not sample.up and "over the 1048576-byte cap" in sample.error
+    assert errors(sample) == {"too_large": 1}
+
+
+def test_endless_streamed_body_is_cut_at_the_cap() -> None:
+    with engine_server(b"", stream_forever=True) as server:
+        started = time.monotonic()
+        (sample,) = scrape(endpoint(server.url, max_body_bytes=256 * 1024, timeout_seconds=10))
+        elapsed = time.monotonic() - started
+    assert not sample.up and "stopped reading" in sample.error
+    assert errors(sample) == {"too_large": 1}
+    assert elapsed < 5
+
+
+def test_non_utf8_body() -> None:
+    with engine_server(b"vllm:generation_tokens_total 1\n\xff\xfe\n") as server:
+        (sample,) = scrape(endpoint(server.url, engine="vllm"))
+    assert not sample.up and "not UTF-8" in sample.error
+    assert errors(sample) == {"decode": 1}
+
+
+def test_malformed_lines_are_skipped_and_counted() -> None:
+    bad = (
+        "vllm:generation_tokens_total{"
+        + MODEL
+        + ',engine="1} 5\n'
+        + "vllm:num_requests_waiting{"
+        + MODEL
+        + "} abc\n"
+    )
+    with engine_server(vllm_page(10.0, extra=bad)) as server:
+        (sample,) = scrape(endpoint(server.url, engine="vllm"))
+    assert sample.up
+    assert values(sample)[("generation_tokens_total", "m", None)] == 10.0
+    assert errors(sample) == {"malformed_line": 2}
+
+
+def test_page_without_any_engine_metric() -> None:
+    with engine_server(b"# just noise\nprocess_cpu_seconds_total 3\n") as server:
+        (auto,) = scrape(endpoint(server.url))
+        (fixed,) = scrape(endpoint(server.url, engine="tgi"))
+    assert not auto.up and "no known engine" in auto.error and errors(auto) == {"no_engine": 1}
+    assert not fixed.up and "no tgi metrics" in fixed.error and errors(fixed) == {"no_metrics": 1}
+
+
+def test_redirects_same_host_followed_other_host_refused() -> None:
+    with engine_server(vllm_page(3)) as target:
+        same = {"Location": f"http://127.0.0.1:{target.port}/metrics"}
+        other = {"Location": f"http://localhost:{target.port}/metrics"}  # another host name
+        with (
+            engine_server(b"", status=302, headers=same) as hop,
+            engine_server(b"", status=301, headers=other) as away,
+        ):
+            # `hop` redirects to another port of the same host name: netloc differs, so it is refused too.
+            first, second = scrape(
+                endpoint(hop.url, name="hop", engine="vllm"), endpoint(away.url, name="away")
+            )
+            relative = {"Location": "/metrics?x=1"}
+            with engine_server(b"", status=307, headers=relative) as loop:
+                (third,) = scrape(endpoint(loop.url, name="loop"))
+    assert not first.up and "redirect to another host not followed" in first.error
+    assert not second.up and errors(second) == {"redirect": 1}
+    assert target.behaviour.requests == 0  # neither redirect reached the other server
+    assert not third.up and "more than 3 redirects" in third.error
+
+
+def test_counter_going_backwards_counts_a_reset_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    page = {"body": vllm_page(1000.0)}
+    with engine_server(lambda: page["body"]) as server:
+
+        async def run() -> list[EndpointSample]:
+            source = EndpointsSource([endpoint(server.url, engine="vllm")])
+            samples = [(await source.collect()).endpoints[0]]
+            page["body"] = vllm_page(10.0)  # the engine restarted
+            samples.append((await source.collect()).endpoints[0])
+            page["body"] = vllm_page(20.0)
+            samples.append((await source.collect()).endpoints[0])
+            await source.close()
+            return samples
+
+        with caplog.at_level(logging.INFO):
+            first, second, third = asyncio.run(run())
+    assert [s.counter_resets_total for s in (first, second, third)] == [0, 1, 1]
+    assert any("went backwards" in r.message for r in caplog.records)
+
+
+def test_state_changes_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    behaviour_page = {"status": 500}
+    with engine_server(vllm_page(1)) as server:
+
+        async def run() -> None:
+            source = EndpointsSource([endpoint(server.url, name="flappy", engine="vllm")])
+            server.behaviour.status = behaviour_page["status"]
+            for _ in range(3):
+                await source.collect()
+            server.behaviour.status = 200
+            for _ in range(3):
+                await source.collect()
+            await source.close()
+
+        with caplog.at_level(logging.INFO):
+            asyncio.run(run())
+    messages = [r.message for r in caplog.records if "flappy" in r.message]
+    assert sum("is down" in m for m in messages) == 1
+    assert sum("is up again" in m for m in messages) == 1
+
+
+def test_metric_set_change_and_engine_change_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    page = {"body": vllm_page(1)}
+    with engine_server(lambda: page["body"]) as server:
+
+        async def run() -> list[EndpointSample]:
+            source = EndpointsSource([endpoint(server.url)])
+            out = [(await source.collect()).endpoints[0]]
+            page["body"] = vllm_page(2, extra=f"vllm:num_requests_waiting{{{MODEL}}} 4\n")
+            out.append((await source.collect()).endpoints[0])
+            page["body"] = fixture("sglang")
+            out.append((await source.collect()).endpoints[0])
+            await source.close()
+            return out
+
+        with caplog.at_level(logging.INFO):
+            samples = asyncio.run(run())
+    assert [s.engine for s in samples] == ["vllm", "vllm", "sglang"]
+    assert any("metric set changed" in r.message and "requests_waiting" in r.message for r in caplog.records)
+    assert any("engine changed from vllm to sglang" in r.message for r in caplog.records)
+
+
+def test_generic_endpoint_with_images() -> None:
+    page = b'images_done_total{model="sdxl"} 42\nqueue_depth{model="sdxl"} 3\n'
+    config = endpoint(
+        "http://127.0.0.1:1/metrics",
+        engine="generic",
+        unit="images",
+        mapping={"work_units_total": "images_done_total", "requests_waiting": "queue_depth"},
+        model_label="model",
+    )
+    with engine_server(page) as server:
+        (sample,) = scrape(config.model_copy(update={"url": server.url}))
+    assert sample.up and sample.unit == "images" and sample.engine == "generic"
+    assert values(sample) == {
+        ("work_units_total", "sdxl", None): 42.0,
+        ("requests_waiting", "sdxl", None): 3.0,
+    }
+
+
+def test_display_url_strips_credentials() -> None:
+    assert display_url("http://user:secret@host:8000/metrics?x=1") == "http://host:8000/metrics?x=1"
