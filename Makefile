@@ -1,12 +1,13 @@
 # Two commands for a fresh machine:
 #   make demo   create .venv, install, run the exporter on the built-in simulated node
-#   make test   install what the tests need (Python deps + Debian's prometheus/promtool), lint, test
+#   make test   install what the tests need (Python deps; Debian's prometheus, promtool, amtool,
+#               systemd-analyze), lint, test
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: demo serve test lint prometheus benchmarks dashboards clean
+.PHONY: demo serve test lint tools benchmarks dashboards prometheusrule clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,18 +21,31 @@ demo: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(PY) -m exporter serve $(ARGS)
 
-prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+# Real components the tests run: Prometheus + promtool, Alertmanager's amtool, systemd-analyze.
+TOOLS := prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager systemd-analyze:systemd
+tools:
+	@missing=""; for pair in $(TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing Debian packages:$$missing"; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 	@prometheus --version 2>&1 | head -1
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(VENV)/.installed prometheus lint
+# Regenerate the Grafana dashboards (dashboards/*.json) from dashboards/build.py.
+dashboards: $(VENV)/.installed
+	$(PY) dashboards/build.py
+
+# Regenerate deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/rules/*.yml.
+prometheusrule: $(VENV)/.installed
+	$(PY) deploy/kubernetes/generate_prometheusrule.py
+
+test: $(VENV)/.installed tools lint
 	$(PY) -m pytest -q
 
 clean:
