@@ -120,7 +120,9 @@ class EndpointSample:
     gpus: tuple[int, ...] = ()  # indices of the GPUs attributed to this endpoint
     attribution: str = "all"  # "config" | "auto" | "all" (fallback: every GPU on the node)
     attribution_note: str | None = None  # why auto attribution fell back, if it did
-    malformed_lines: int = 0
+    errors_total: tuple[tuple[str, int], ...] = ()  # (reason, count since start), cumulative
+    counter_resets_total: int = 0  # counters seen going backwards (engine restarts) since start
+    process_start_time_seconds: float | None = None  # the engine's own process_start_time_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,55 @@ class NodeInfo:
     nvml_version: str = ""
     cuda_driver_version: str = ""
     simulated_scenario: str | None = None  # set only on the simulated node
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedEndpoint:
+    """One endpoint's values over the derive window (see `exporter.derive`); None means undefined: absent."""
+
+    name: str
+    model: str  # the single model served, "multiple" if several, "" if the engine has none
+    unit: str = "tokens"
+    gpus: tuple[int, ...] = ()  # the GPUs whose energy is attributed (latest step of the window)
+    window_seconds: float = 0.0  # time covered by the steps actually used (endpoint and GPUs all present)
+    generation_tokens_per_second: float | None = None
+    prompt_tokens_per_second: float | None = None
+    requests_per_second: float | None = None
+    work_units_per_second: float | None = None  # non-token endpoints only
+    energy_joules: float | None = None  # energy of the attributed GPUs over the same steps
+    power_watts: float | None = None  # energy_joules / the steps' energy-clock duration
+    tokens_per_joule: float | None = None
+    joules_per_token: float | None = None
+    joules_per_request: float | None = None
+    work_units_per_joule: float | None = None
+    joules_per_work_unit: float | None = None
+    gpu_utilization_ratio: float | None = None  # mean NVML utilization of the attributed GPUs
+    tokens_per_busy_gpu_second: float | None = None
+    energy_cost_per_million_tokens: float | None = None
+    co2_grams_per_million_tokens: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedGpu:
+    """One GPU's values over the derive window. `bound` is None without GPM evidence."""
+
+    index: int
+    energy_joules: float | None = None
+    power_watts: float | None = None
+    dram_bandwidth_bytes_per_second: float | None = None  # current GPM window x peak
+    idle_energy_ratio: float | None = None  # only for GPUs attributed to at least one endpoint
+    bound: str | None = None  # compute | memory | latency | idle | mixed
+    evidence: dict[str, float] = field(default_factory=dict)  # tensor, fp, dram, sm, graphics (window means)
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """What `exporter.derive.Deriver` computed from the snapshots inside the derive window."""
+
+    window_seconds: float  # span the window actually covers (first to last snapshot)
+    endpoints: tuple[DerivedEndpoint, ...] = ()
+    gpus: tuple[DerivedGpu, ...] = ()
+    currency: str = "USD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +194,4 @@ class Snapshot:
     endpoints: tuple[EndpointSample, ...] = ()
     sources: tuple[SourceStatus, ...] = ()
     node: NodeInfo = NodeInfo()
+    derived: Derived | None = None  # set by the derive stage (`exporter.derive.Deriver`)

@@ -1,0 +1,710 @@
+"""Derived values over an aligned sliding window: throughput per watt, roofline bound, divergence, cost.
+
+The exporter reads the GPU energy counters and the serving endpoints' counters in the same tick, so a
+token count and an energy count can be taken over exactly the same interval. Everything here is a pure
+function of snapshots (no clock, no I/O); `Deriver` only keeps what the window needs of its past ticks.
+
+How the window is measured
+--------------------------
+A *step* is the interval between two consecutive snapshots of the window. For each step and each
+counter the increase is computed the way Prometheus's `increase()` does between two samples: a decrease
+is a counter reset, and the new value is then the increase. A series (model, outcome) counts only in steps
+where it is present at both ends, as in Prometheus. Per endpoint, the steps used are those where the
+endpoint was up at both ends, its main counter (generated tokens, or work units) was readable, and every
+attributed GPU was up with an energy reading at both ends (same UUID): the tokens and the joules are then
+sums over the very same steps, so tokens per joule is Δtokens / Δenergy over one interval, not a ratio of
+two rates taken at different moments. A value that cannot be defined (no step, no energy, no tokens) is
+None, which the renderer leaves absent: never NaN, never Inf.
+
+A GPU attributed to two endpoints counts in both (each endpoint's energy is the energy of the GPUs it
+runs on); sum `tpw_gpu_window_power_watts`, not endpoint power, for node power.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from array import array
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from exporter.model import (
+    Derived,
+    DerivedEndpoint,
+    DerivedGpu,
+    EndpointSample,
+    GpuSample,
+    Profiling,
+    Snapshot,
+)
+
+BOUND_STATES: tuple[str, ...] = ("compute", "memory", "latency", "idle", "mixed")
+EVIDENCE_SIGNALS: tuple[str, ...] = ("tensor", "fp", "dram", "sm", "graphics")
+COUNTER_FIELDS: tuple[str, ...] = (
+    "generation_tokens_total",
+    "prompt_tokens_total",
+    "requests_total",
+    "work_units_total",
+)
+TOKENS = "tokens"
+JOULES_PER_KWH = 3.6e6
+MULTIPLE_MODELS = "multiple"
+
+# GPM ratio keys (exporter.model.PROFILING_RATIOS) behind each evidence signal.
+_EVIDENCE_KEYS: dict[str, str] = {
+    "tensor": "tensor_active",
+    "dram": "dram_bandwidth_utilization",
+    "sm": "sm_active",
+    "graphics": "graphics_active",
+}
+_FP_KEYS: tuple[str, ...] = ("fp16_active", "fp32_active", "fp64_active")
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Roofline classification thresholds on window-mean GPM ratios (0..1), checked in this order:
+
+    idle     graphics < idle_graphics_below
+    compute  max(tensor, fp) >= compute_pipe_at_least
+    memory   dram >= memory_dram_at_least and tensor < low_tensor_below
+    latency  sm < latency_sm_below and dram < memory_dram_at_least and tensor < low_tensor_below
+             (the engine is busy but the SMs are not: launch- or synchronization-bound)
+    mixed    anything else (e.g. a decode batch near the ridge point: tensor and DRAM both substantial)
+
+    Calibrated on shared/h100-reference.md; see tests/test_bound.py for every reference row.
+    """
+
+    idle_graphics_below: float = 0.05
+    compute_pipe_at_least: float = 0.5
+    memory_dram_at_least: float = 0.4
+    low_tensor_below: float = 0.25
+    latency_sm_below: float = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Facility figures for cost and carbon; None leaves the matching metric absent."""
+
+    electricity_price_per_kwh: float | None = None
+    currency: str = "USD"
+    pue: float = 1.0
+    carbon_intensity_grams_per_kwh: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Counters
+
+
+def counter_increase(previous: float, current: float) -> float:
+    """Increase of a counter between two samples, Prometheus style: a decrease is a reset to 0."""
+    return current - previous if current >= previous else current
+
+
+def counter_series(sample: EndpointSample, field_name: str) -> dict[tuple[str, str | None], float]:
+    """The endpoint's series of one counter field, keyed by (model, outcome); duplicates are summed."""
+    series: dict[tuple[str, str | None], float] = {}
+    for value in sample.values:
+        if value.field == field_name and math.isfinite(value.value):
+            key = (value.model, value.outcome)
+            series[key] = series.get(key, 0.0) + value.value
+    return series
+
+
+def field_increase(previous: EndpointSample, current: EndpointSample, field_name: str) -> float | None:
+    """Summed increase of a counter field over every series present at both ends; None if none is."""
+    before = counter_series(previous, field_name)
+    after = counter_series(current, field_name)
+    common = before.keys() & after.keys()
+    if not common:
+        return None
+    return sum(counter_increase(before[key], after[key]) for key in common)
+
+
+def model_label(sample: EndpointSample) -> str:
+    """The endpoint's model: its single model name, "multiple" if several, "" if the engine has none."""
+    models = {value.model for value in sample.values if value.model}
+    if len(models) > 1:
+        return MULTIPLE_MODELS
+    return next(iter(models), "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Roofline bound
+
+
+def bound_evidence(windows: Sequence[Profiling]) -> dict[str, float] | None:
+    """Time-weighted means of the GPM ratios the classifier uses; None without graphics/sm/tensor/dram.
+
+    `fp` is the largest of the fp16/fp32/fp64 window means, absent when the GPU reports none of them.
+    """
+    evidence: dict[str, float] = {}
+    for signal, key in _EVIDENCE_KEYS.items():
+        mean = _weighted_mean(windows, key)
+        if mean is None:
+            return None
+        evidence[signal] = mean
+    fp = [mean for key in _FP_KEYS if (mean := _weighted_mean(windows, key)) is not None]
+    if fp:
+        evidence["fp"] = max(fp)
+    return {signal: evidence[signal] for signal in EVIDENCE_SIGNALS if signal in evidence}
+
+
+def _weighted_mean(windows: Sequence[Profiling], key: str) -> float | None:
+    """Mean of one GPM ratio over windows, weighted by their length; windows of no length are ignored."""
+    total = weight = 0.0
+    for window in windows:
+        value = window.ratios.get(key)
+        if value is None or not math.isfinite(value) or not window.window_seconds > 0:
+            continue
+        total += value * window.window_seconds
+        weight += window.window_seconds
+    return min(max(total / weight, 0.0), 1.0) if weight > 0 else None
+
+
+def classify_bound(evidence: Mapping[str, float], thresholds: Thresholds = Thresholds()) -> str:
+    """compute | memory | latency | idle | mixed from evidence ratios (see `Thresholds` for the rules)."""
+    graphics = evidence["graphics"]
+    tensor = evidence["tensor"]
+    dram = evidence["dram"]
+    sm = evidence["sm"]
+    pipes = max(tensor, evidence.get("fp", 0.0))
+    if graphics < thresholds.idle_graphics_below:
+        return "idle"
+    if pipes >= thresholds.compute_pipe_at_least:
+        return "compute"
+    low_tensor = tensor < thresholds.low_tensor_below
+    if low_tensor and dram >= thresholds.memory_dram_at_least:
+        return "memory"
+    if low_tensor and sm < thresholds.latency_sm_below and dram < thresholds.memory_dram_at_least:
+        return "latency"
+    return "mixed"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Steps: what changed between two consecutive snapshots
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStep:
+    """One GPU between two consecutive snapshots (both up, same UUID, energy read at both ends)."""
+
+    energy_joules: float
+    seconds: float  # between the two energy readings
+    utilization_ratio: float | None  # NVML utilization at the end of the step
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStep:
+    """One endpoint between two consecutive snapshots where it was up at both ends."""
+
+    seconds: float  # between the two reads of its page
+    increases: dict[str, float]  # counter field → summed increase (only fields readable at both ends)
+    gpus: tuple[int, ...]  # attribution at the end of the step
+
+
+def _energy_time(gpu: GpuSample, fallback: float) -> float:
+    if gpu.energy_timestamp is not None:
+        return gpu.energy_timestamp
+    return gpu.timestamp or fallback
+
+
+def _counter_value(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value >= 0
+
+
+def gpu_step(
+    previous: GpuSample, current: GpuSample, previous_time: float, current_time: float
+) -> GpuStep | None:
+    """The energy a GPU used between two samples, or None if it cannot be known for this step."""
+    if not (previous.up and current.up) or previous.info.uuid != current.info.uuid:
+        return None
+    if not (_counter_value(previous.energy_joules) and _counter_value(current.energy_joules)):
+        return None
+    assert previous.energy_joules is not None and current.energy_joules is not None
+    seconds = _energy_time(current, current_time) - _energy_time(previous, previous_time)
+    if not seconds > 0:
+        return None
+    utilization = current.utilization_ratio
+    if utilization is not None and not (math.isfinite(utilization) and utilization >= 0):
+        utilization = None
+    return GpuStep(counter_increase(previous.energy_joules, current.energy_joules), seconds, utilization)
+
+
+def endpoint_step(
+    previous: EndpointSample, current: EndpointSample, previous_time: float, current_time: float
+) -> EndpointStep | None:
+    """The counter increases of an endpoint between two samples, or None if it was down at either end."""
+    if not (previous.up and current.up):
+        return None
+    seconds = current.timestamp - previous.timestamp
+    if not (previous.timestamp > 0 and seconds > 0):
+        seconds = current_time - previous_time
+    if not seconds > 0:
+        return None
+    increases = {
+        name: increase
+        for name in COUNTER_FIELDS
+        if (increase := field_increase(previous, current, name)) is not None
+    }
+    return EndpointStep(seconds, increases, current.gpus)
+
+
+def main_field_candidates(unit: str) -> tuple[str, ...]:
+    """Counters that measure an endpoint's work, in preference order, by its unit."""
+    if unit == TOKENS:
+        return ("generation_tokens_total",)
+    if unit == "requests":
+        return ("work_units_total", "requests_total")
+    return ("work_units_total",)
+
+
+def _step_main(unit: str, step: EndpointStep) -> str | None:
+    return next((name for name in main_field_candidates(unit) if name in step.increases), None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Frames: each snapshot of the window with running totals since the Deriver started
+#
+# Every quantity the window needs is a sum over steps, so each tick carries cumulative sums (the previous
+# tick's plus this step's contribution) and the window's sum is `last − first`: the per-tick cost does not
+# depend on the window's length, and the history keeps only a `Mark` (time + compact totals) per tick, not
+# the snapshots. Endpoint totals are kept per "variant": the steps where a given main counter was readable
+# (or every usable step, variant ""), so the window can pick its main counter. GPU totals are keyed by
+# (index, UUID): a replaced GPU starts from zero.
+
+Sums = dict[str, float]
+EndpointKey = tuple[str, str]  # (endpoint name, variant: main counter field or "")
+GpuKey = tuple[int, str]  # (index, UUID)
+ALL_STEPS = ""
+
+
+def _layout(*groups: Iterable[str]) -> dict[str, int]:
+    names = [name for group in groups for name in group]
+    return {name: index for index, name in enumerate(names)}
+
+
+ENDPOINT_SUMS = _layout(
+    ("steps", "seconds"),
+    (f"{kind}:{name}" for name in COUNTER_FIELDS for kind in ("n", "sum")),
+    ("e:steps", "e:energy", "e:seconds"),
+    (f"e:{kind}:{name}" for name in COUNTER_FIELDS for kind in ("n", "sum")),
+    (
+        "u:steps",
+        "u:seconds",
+        "u:busy",
+        "u:fraction",
+        "u:n:generation_tokens_total",
+        "u:sum:generation_tokens_total",
+    ),
+)
+_GPM_KEYS: tuple[str, ...] = (*_EVIDENCE_KEYS.values(), *_FP_KEYS)
+GPU_SUMS = _layout(
+    ("steps", "energy", "seconds", "i:total", "i:idle"),
+    (f"p:{kind}:{key}" for key in _GPM_KEYS for kind in ("w", "ws")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """What the window needs of a past tick: its time and the running totals through it."""
+
+    time: float
+    endpoints: dict[EndpointKey, array[float]]  # layout ENDPOINT_SUMS
+    gpus: dict[GpuKey, array[float]]  # layout GPU_SUMS
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """The latest snapshot, indexed, with its step from the previous one and the running totals."""
+
+    snapshot: Snapshot
+    gpus: dict[int, GpuSample]
+    endpoints: dict[str, EndpointSample]
+    gpu_steps: dict[int, GpuStep]
+    endpoint_steps: dict[str, EndpointStep]
+    mark: Mark
+    models: dict[str, str]  # model label from the newest sample of each endpoint that had values
+    attributions: dict[str, tuple[int, ...]]  # GPUs of each endpoint at its newest step
+    units: dict[str, str]  # unit of work of every endpoint seen, from its newest sample
+
+    @property
+    def time(self) -> float:
+        return self.snapshot.monotonic_time
+
+
+def _add(
+    totals: array[float] | None, contribution: Mapping[str, float], layout: Mapping[str, int]
+) -> array[float]:
+    result = array("d", totals) if totals is not None else array("d", bytes(8 * len(layout)))
+    for key, value in contribution.items():
+        result[layout[key]] += value
+    return result
+
+
+def window_sums(first: array[float] | None, last: array[float] | None, layout: Mapping[str, int]) -> Sums:
+    """The sums over the steps after `first` up to `last` (both running totals in `layout`)."""
+    if last is None:
+        return {}
+    if first is None:
+        return {key: last[index] for key, index in layout.items()}
+    return {key: last[index] - first[index] for key, index in layout.items()}
+
+
+def endpoint_contribution(step: EndpointStep, gpu_steps: Sequence[GpuStep | None]) -> Sums:
+    """What one endpoint step adds: its rates, and its energy and utilization when all its GPUs had them.
+
+    Keys: `steps`, `seconds`, `n:F`/`sum:F` per counter field F (steps having F, its increase); `e:`
+    the same over the steps where every attributed GPU had an energy increase, plus `e:energy` and
+    `e:seconds` (energy-clock time); `u:` over those where every GPU also reported its utilization:
+    `u:seconds`, `u:busy` (Σ utilization × Δt), `u:fraction` (mean utilization × Δt), and the generated
+    tokens of those steps.
+    """
+    contribution: Sums = {"steps": 1.0, "seconds": step.seconds}
+    for name, increase in step.increases.items():
+        contribution[f"n:{name}"] = 1.0
+        contribution[f"sum:{name}"] = increase
+    known = [gpu for gpu in gpu_steps if gpu is not None]
+    if not step.gpus or len(known) != len(gpu_steps):
+        return contribution
+    contribution["e:steps"] = 1.0
+    contribution["e:energy"] = sum(gpu.energy_joules for gpu in known)
+    contribution["e:seconds"] = sum(gpu.seconds for gpu in known) / len(known)
+    for name, increase in step.increases.items():
+        contribution[f"e:n:{name}"] = 1.0
+        contribution[f"e:sum:{name}"] = increase
+    utilizations = [gpu.utilization_ratio for gpu in known]
+    if all(value is not None for value in utilizations):
+        busy = sum(value for value in utilizations if value is not None)
+        contribution["u:steps"] = 1.0
+        contribution["u:seconds"] = step.seconds
+        contribution["u:busy"] = busy * step.seconds
+        contribution["u:fraction"] = busy / len(utilizations) * step.seconds
+        if "generation_tokens_total" in step.increases:
+            contribution["u:n:generation_tokens_total"] = 1.0
+            contribution["u:sum:generation_tokens_total"] = step.increases["generation_tokens_total"]
+    return contribution
+
+
+def gpu_contribution(
+    gpu: GpuSample, step: GpuStep | None, owners: Sequence[tuple[EndpointSample, EndpointStep | None]]
+) -> Sums:
+    """What one GPU adds this tick: energy over its step, its GPM window, and the idle-energy tally.
+
+    Keys: `steps`, `energy`, `seconds`; `p:w:K`, `p:ws:K` (GPM window seconds, ratio × seconds) for the
+    ratios the classifier uses; `i:total`, `i:idle`: energy of the steps where the
+    GPU served at least one endpoint and every such endpoint's work counter was readable, and the part of
+    it where none of them did any work.
+    """
+    contribution: Sums = {}
+    if step is not None:
+        contribution.update(steps=1.0, energy=step.energy_joules, seconds=step.seconds)
+        if owners:
+            work = 0.0
+            for endpoint, endpoint_step_ in owners:
+                main = _step_main(endpoint.unit, endpoint_step_) if endpoint_step_ is not None else None
+                if endpoint_step_ is None or main is None:
+                    break
+                work += endpoint_step_.increases[main]
+            else:
+                contribution["i:total"] = step.energy_joules
+                contribution["i:idle"] = step.energy_joules if work == 0 else 0.0
+    if gpu.up and gpu.profiling is not None and gpu.profiling.window_seconds > 0:
+        seconds = gpu.profiling.window_seconds
+        for key in _GPM_KEYS:
+            value = gpu.profiling.ratios.get(key)
+            if value is not None and math.isfinite(value):
+                contribution[f"p:w:{key}"] = seconds
+                contribution[f"p:ws:{key}"] = value * seconds
+    return contribution
+
+
+def make_frame(snapshot: Snapshot, previous: Frame | None) -> Frame:
+    """The frame of `snapshot`: its steps from `previous` and the running totals through it."""
+    gpus = {gpu.info.index: gpu for gpu in snapshot.gpus}
+    endpoints = {endpoint.name: endpoint for endpoint in snapshot.endpoints}
+    gpu_steps: dict[int, GpuStep] = {}
+    endpoint_steps: dict[str, EndpointStep] = {}
+    if previous is not None:
+        for index, gpu in gpus.items():
+            before = previous.gpus.get(index)
+            if before is not None and (step := gpu_step(before, gpu, previous.time, snapshot.monotonic_time)):
+                gpu_steps[index] = step
+        for name, endpoint in endpoints.items():
+            before_endpoint = previous.endpoints.get(name)
+            if before_endpoint is not None and (
+                step_e := endpoint_step(before_endpoint, endpoint, previous.time, snapshot.monotonic_time)
+            ):
+                endpoint_steps[name] = step_e
+
+    endpoint_totals = dict(previous.mark.endpoints) if previous else {}
+    models = dict(previous.models) if previous else {}
+    attributions = dict(previous.attributions) if previous else {}
+    units = dict(previous.units) if previous else {}
+    for name, endpoint in endpoints.items():
+        units[name] = endpoint.unit
+        if endpoint.values:
+            models[name] = model_label(endpoint)
+        step = endpoint_steps.get(name)
+        if step is None:
+            continue
+        attributions[name] = step.gpus
+        contribution = endpoint_contribution(step, [gpu_steps.get(index) for index in step.gpus])
+        for variant in (ALL_STEPS, *main_field_candidates(endpoint.unit)):
+            if variant == ALL_STEPS or variant in step.increases:
+                key = (name, variant)
+                endpoint_totals[key] = _add(endpoint_totals.get(key), contribution, ENDPOINT_SUMS)
+
+    gpu_totals = dict(previous.mark.gpus) if previous else {}
+    for index, gpu in gpus.items():
+        owners = [
+            (endpoint, endpoint_steps.get(endpoint.name))
+            for endpoint in snapshot.endpoints
+            if index in endpoint.gpus
+        ]
+        contribution = gpu_contribution(gpu, gpu_steps.get(index), owners)
+        if contribution:
+            key = (index, gpu.info.uuid)
+            gpu_totals[key] = _add(gpu_totals.get(key), contribution, GPU_SUMS)
+    mark = Mark(snapshot.monotonic_time, endpoint_totals, gpu_totals)
+    return Frame(snapshot, gpus, endpoints, gpu_steps, endpoint_steps, mark, models, attributions, units)
+
+
+def frames_of(snapshots: Iterable[Snapshot]) -> list[Frame]:
+    """Index snapshots (oldest first) into frames with their steps and running totals."""
+    frames: list[Frame] = []
+    for snapshot in snapshots:
+        frames.append(make_frame(snapshot, frames[-1] if frames else None))
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The window
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator when both are finite and the denominator is > 0; None otherwise."""
+    if numerator is None or denominator is None or not denominator > 0:
+        return None
+    value = numerator / denominator
+    return value if math.isfinite(value) else None
+
+
+def _total(sums: Mapping[str, float], prefix: str, field_name: str | None) -> float | None:
+    """A counter's increase over a set of steps, only if it was readable in every one of them."""
+    steps = sums.get(f"{prefix}steps", 0.0)
+    if field_name is None or not steps > 0 or sums.get(f"{prefix}n:{field_name}", 0.0) != steps:
+        return None
+    return max(0.0, sums.get(f"{prefix}sum:{field_name}", 0.0))
+
+
+def derive_endpoint(name: str, first: Mark, last: Frame, site: Site = Site()) -> DerivedEndpoint | None:
+    """One endpoint over the window: rates, energy over the same steps, efficiency, cost; None if no step.
+
+    Rates use every step where the endpoint was up at both ends and its main counter (generated tokens;
+    work units, or requests, for other units) was readable. Values per joule use the subset where every
+    attributed GPU also has an energy increase, with the counters re-summed over exactly that subset; the
+    utilization-based values use the subset of those where every GPU also reported its utilization.
+    """
+    unit = last.units[name]
+    sums: Sums = {}
+    main = None
+    for variant in (*main_field_candidates(unit), ALL_STEPS):
+        key = (name, variant)
+        sums = window_sums(first.endpoints.get(key), last.mark.endpoints.get(key), ENDPOINT_SUMS)
+        if sums.get("steps", 0.0) > 0:
+            main = variant or None
+            break
+    if not sums.get("steps", 0.0) > 0:
+        return None
+    is_tokens = unit == TOKENS
+    work_field = main if not is_tokens else None
+
+    seconds = sums["seconds"]
+    values: dict[str, float | None] = {
+        "requests_per_second": _ratio(_total(sums, "", "requests_total"), seconds)
+    }
+    if is_tokens:
+        values["generation_tokens_per_second"] = _ratio(_total(sums, "", "generation_tokens_total"), seconds)
+        values["prompt_tokens_per_second"] = _ratio(_total(sums, "", "prompt_tokens_total"), seconds)
+    else:
+        values["work_units_per_second"] = _ratio(_total(sums, "", work_field), seconds)
+
+    # No energy increase means the counter told us nothing (stuck, or a window shorter than its 100 ms
+    # update period): every energy-based value is then undefined, not 0.
+    energy = sums.get("e:energy", 0.0)
+    power = (
+        _ratio(energy, sums.get("e:seconds", 0.0)) if sums.get("e:steps", 0.0) > 0 and energy > 0 else None
+    )
+    joules = energy if power is not None else None
+    values["joules_per_request"] = _ratio(joules, _total(sums, "e:", "requests_total"))
+    if is_tokens:
+        tokens = _total(sums, "e:", "generation_tokens_total")
+        values["tokens_per_joule"] = _ratio(tokens, joules)
+        values["joules_per_token"] = _ratio(joules, tokens)
+        facility_kwh = joules / JOULES_PER_KWH * site.pue if joules is not None else None
+        kwh_per_token = _ratio(facility_kwh, tokens)
+        if kwh_per_token is not None:
+            if site.electricity_price_per_kwh is not None:
+                values["energy_cost_per_million_tokens"] = (
+                    kwh_per_token * 1e6 * site.electricity_price_per_kwh
+                )
+            if site.carbon_intensity_grams_per_kwh is not None:
+                values["co2_grams_per_million_tokens"] = (
+                    kwh_per_token * 1e6 * site.carbon_intensity_grams_per_kwh
+                )
+    else:
+        work = _total(sums, "e:", work_field)
+        values["work_units_per_joule"] = _ratio(work, joules)
+        values["joules_per_work_unit"] = _ratio(joules, work)
+
+    util_seconds = sums.get("u:seconds", 0.0)
+    if sums.get("u:steps", 0.0) > 0 and util_seconds > 0:
+        values["gpu_utilization_ratio"] = max(0.0, sums.get("u:fraction", 0.0)) / util_seconds
+        if is_tokens:
+            values["tokens_per_busy_gpu_second"] = _ratio(
+                _total(sums, "u:", "generation_tokens_total"), sums.get("u:busy", 0.0)
+            )
+
+    return DerivedEndpoint(
+        name=name,
+        model=last.models.get(name, ""),
+        unit=unit,
+        gpus=last.attributions.get(name, ()),
+        window_seconds=seconds,
+        energy_joules=joules,
+        power_watts=power,
+        **values,
+    )
+
+
+def _evidence_from_sums(sums: Mapping[str, float]) -> dict[str, float] | None:
+    """Window-mean GPM evidence from running sums: time-weighted where windows have a length."""
+
+    def mean(key: str) -> float | None:
+        weight = sums.get(f"p:w:{key}", 0.0)
+        if not weight > 1e-9:  # (running totals: a difference of equal sums may leave rounding noise)
+            return None
+        return min(max(sums.get(f"p:ws:{key}", 0.0) / weight, 0.0), 1.0)
+
+    evidence: dict[str, float] = {}
+    for signal, key in _EVIDENCE_KEYS.items():
+        value = mean(key)
+        if value is None:
+            return None
+        evidence[signal] = value
+    fp = [value for key in _FP_KEYS if (value := mean(key)) is not None]
+    if fp:
+        evidence["fp"] = max(fp)
+    return {signal: evidence[signal] for signal in EVIDENCE_SIGNALS if signal in evidence}
+
+
+def derive_gpu(index: int, first: Mark, last: Frame, thresholds: Thresholds = Thresholds()) -> DerivedGpu:
+    """One GPU over the window: energy, power, achieved DRAM bandwidth, idle share, roofline bound."""
+    latest = last.gpus[index]
+    key = (index, latest.info.uuid)
+    sums = window_sums(first.gpus.get(key), last.mark.gpus.get(key), GPU_SUMS)
+    energy = sums.get("energy", 0.0)
+    power = _ratio(energy, sums.get("seconds", 0.0)) if sums.get("steps", 0.0) > 0 and energy > 0 else None
+
+    bandwidth = None
+    if latest.profiling is not None and latest.info.dram_peak_bandwidth_bytes_per_second is not None:
+        ratio = latest.profiling.ratios.get("dram_bandwidth_utilization")
+        if ratio is not None and math.isfinite(ratio):
+            bandwidth = ratio * latest.info.dram_peak_bandwidth_bytes_per_second
+
+    # GPM windows inside the derive window: those of every frame after the first (the first frame's
+    # window ends where the derive window starts); the latest window alone while there is one frame.
+    if first is not last.mark:
+        evidence = _evidence_from_sums(sums)
+    else:
+        evidence = bound_evidence([latest.profiling]) if latest.profiling is not None else None
+
+    idle = None
+    if any(index in endpoint.gpus for endpoint in last.snapshot.endpoints):
+        idle = _ratio(sums.get("i:idle", 0.0), sums.get("i:total", 0.0))
+    return DerivedGpu(
+        index=index,
+        energy_joules=energy if power is not None else None,
+        power_watts=power,
+        dram_bandwidth_bytes_per_second=bandwidth,
+        idle_energy_ratio=idle,
+        bound=classify_bound(evidence, thresholds) if evidence is not None else None,
+        evidence=evidence or {},
+    )
+
+
+def derive(first: Mark, last: Frame, thresholds: Thresholds = Thresholds(), site: Site = Site()) -> Derived:
+    """Everything derived over the window from the tick marked `first` to the `last` frame."""
+    endpoints = tuple(
+        derived for name in last.units if (derived := derive_endpoint(name, first, last, site)) is not None
+    )
+    gpus = tuple(derive_gpu(index, first, last, thresholds) for index, gpu in last.gpus.items() if gpu.up)
+    return Derived(
+        window_seconds=last.time - first.time,
+        endpoints=endpoints,
+        gpus=gpus,
+        currency=site.currency,
+    )
+
+
+def derive_snapshots(
+    snapshots: Sequence[Snapshot], thresholds: Thresholds = Thresholds(), site: Site = Site()
+) -> Derived:
+    """`derive` over plain snapshots (oldest first, at least one): what the Deriver computes for them."""
+    frames = frames_of(snapshots)
+    return derive(frames[0].mark, frames[-1], thresholds, site)
+
+
+class Deriver:
+    """The daemon stage: keeps the snapshots inside `window` seconds and attaches `Derived` to each.
+
+    `tolerance` (seconds, typically half the tick interval) keeps a snapshot that is a hair older than
+    the window, so tick jitter does not make the window flap between N and N-1 intervals. The cost of a
+    tick does not grow with the window (frames carry running totals, see `make_frame`), and neither does
+    the memory: at most `max_marks` past ticks are kept, at least window / max_marks seconds apart, so a
+    long window starts on a tick within 1/max_marks of its length (the span is always reported exactly).
+    """
+
+    max_marks = 600
+
+    def __init__(
+        self,
+        window: float = 30.0,
+        thresholds: Thresholds = Thresholds(),
+        site: Site = Site(),
+        tolerance: float = 0.0,
+    ) -> None:
+        if not window > 0:
+            raise ValueError(f"window must be > 0 seconds, got {window!r}")
+        self.window = window
+        self.thresholds = thresholds
+        self.site = site
+        self.tolerance = max(0.0, tolerance)
+        self._marks: deque[Mark] = deque()
+        self._last: Frame | None = None
+
+    @property
+    def marks(self) -> tuple[Mark, ...]:
+        """The ticks the window holds now, oldest first."""
+        return tuple(self._marks)
+
+    def __call__(self, snapshot: Snapshot) -> Snapshot:
+        snapshot = dataclasses.replace(snapshot, derived=None)  # never keep a chain of derived values
+        if self._last is not None and snapshot.monotonic_time <= self._last.time:
+            self._marks.clear()  # time went backwards (a new clock): start a new window
+            self._last = None
+        frame = make_frame(snapshot, self._last)
+        self._last = frame
+        # Past marks stay at least `spacing` apart; the newest one floats until it is that far from the
+        # one before, then settles and the next tick starts a new one.
+        spacing = self.window / self.max_marks
+        if len(self._marks) < 2 or self._marks[-1].time - self._marks[-2].time >= spacing:
+            self._marks.append(frame.mark)
+        else:
+            self._marks[-1] = frame.mark
+        oldest_allowed = snapshot.monotonic_time - self.window - self.tolerance
+        while len(self._marks) > 1 and self._marks[0].time < oldest_allowed:
+            self._marks.popleft()
+        derived = derive(self._marks[0], frame, self.thresholds, self.site)
+        return dataclasses.replace(snapshot, derived=derived)

@@ -1,0 +1,107 @@
+"""Config keys `derive` and `site`: defaults, validation with one-line errors naming the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.config import ConfigError, load_config
+from exporter.derive import Site, Thresholds
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    config = load_config(environ={})
+    assert config.derive.window == 30
+    assert config.derive.bound.thresholds() == Thresholds()
+    assert config.site.site() == Site(None, "USD", 1.0, None)
+
+
+def test_file_and_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "interval: 5\nderive:\n  window: 60\n  bound:\n    memory_dram_at_least: 0.5\n"
+        "site:\n  electricity_price_per_kwh: 0.21\n  currency: EUR\n  pue: 1.2\n"
+        "  carbon_intensity_grams_per_kwh: 250\n",
+    )
+    config = load_config(path, {"TPW_DERIVE__BOUND__LATENCY_SM_BELOW": "0.2"})
+    assert config.derive.window == 60
+    assert config.derive.bound.memory_dram_at_least == 0.5
+    assert config.derive.bound.latency_sm_below == 0.2
+    assert config.site.site() == Site(0.21, "EUR", 1.2, 250)
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        ("derive:\n  window: 1.5\n", {}, "derive.window: must be at least 2 × interval (2 s)"),
+        ("interval: 20\n", {}, "derive.window: must be at least 2 × interval (40 s)"),
+        ("derive:\n  window: 100000\n", {}, "derive.window: Input should be less than or equal to 86400"),
+        ("derive:\n  window: 0\n", {}, "derive.window: Input should be greater than 0"),
+        ("derive:\n  bound:\n    idle_graphics_below: 5\n", {}, "derive.bound.idle_graphics_below"),
+        ("derive:\n  bound:\n    tensor: 0.5\n", {}, "derive.bound.tensor: unknown field"),
+        ("site:\n  pue: 0.8\n", {}, "site.pue: Input should be greater than or equal to 1"),
+        ("site:\n  currency: usd\n", {}, "site.currency: must be a 3-letter upper-case ISO 4217 code"),
+        ("", {"TPW_SITE__CURRENCY": "EURO"}, "site.currency"),
+        ("site:\n  electricity_price_per_kwh: -1\n", {}, "site.electricity_price_per_kwh"),
+        ("site:\n  carbon_intensity_grams_per_kwh: -3\n", {}, "site.carbon_intensity_grams_per_kwh"),
+    ],
+)
+def test_bad_values_name_the_field_in_one_line(
+    tmp_path: Path, text: str, environ: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_window_of_exactly_two_ticks_is_allowed() -> None:
+    assert load_config(environ={"TPW_INTERVAL": "15", "TPW_DERIVE__WINDOW": "30"}).derive.window == 30
+
+
+def test_cli_exits_2_naming_derive_window(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "demo", "--interval", "20"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "tpw-exporter: config error: derive.window: must be at least 2 × interval"
+    )
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_check_config_prints_derive_and_site(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", str(write(tmp_path, "site:\n  pue: 1.1\n"))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    effective = yaml.safe_load(result.stdout)
+    assert effective["derive"]["window"] == 30
+    assert effective["derive"]["bound"]["compute_pipe_at_least"] == 0.5
+    assert effective["site"] == {
+        "electricity_price_per_kwh": None,
+        "currency": "USD",
+        "pue": 1.1,
+        "carbon_intensity_grams_per_kwh": None,
+    }

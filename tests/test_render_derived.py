@@ -1,0 +1,249 @@
+"""Derived metrics in the exposition: the contract's names and labels, HELP, absent values, the stage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+from fake_nvml import Clock
+from helpers import promtool, running_exporter, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import SNAPSHOT_JSON
+from exporter.cli import build_deriver
+from exporter.config import load_config
+from exporter.daemon import Daemon
+from exporter.derive import Deriver, Site
+from exporter.model import EndpointSample, EndpointValue
+from exporter.render import Renderer
+from exporter.render_derived import derived_families
+from exporter.sources.base import Collected, Source
+from exporter.sources.simulated import SimulatedSource
+
+ENDPOINT_METRICS = {
+    "tpw_endpoint_generation_tokens_per_second",
+    "tpw_endpoint_prompt_tokens_per_second",
+    "tpw_endpoint_requests_per_second",
+    "tpw_endpoint_power_watts",
+    "tpw_endpoint_window_energy_joules",
+    "tpw_endpoint_tokens_per_joule",
+    "tpw_endpoint_joules_per_token",
+    "tpw_endpoint_joules_per_request",
+    "tpw_endpoint_gpu_utilization_ratio",
+    "tpw_endpoint_tokens_per_busy_gpu_second",
+    "tpw_endpoint_window_seconds",
+}
+WORK_UNIT_METRICS = {
+    "tpw_endpoint_work_units_per_second",
+    "tpw_endpoint_work_units_per_joule",
+    "tpw_endpoint_joules_per_work_unit",
+}
+GPU_METRICS = {
+    "tpw_gpu_dram_bandwidth_bytes_per_second",
+    "tpw_gpu_window_energy_joules",
+    "tpw_gpu_window_power_watts",
+    "tpw_gpu_idle_energy_ratio",
+}
+
+
+class Endpoints(Source):
+    """Two endpoints whose counters follow the same fake clock as the simulated GPUs."""
+
+    name = "endpoints"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.start = clock()
+
+    async def collect(self) -> Collected:
+        t = self.clock() - self.start
+        llm = EndpointSample(
+            name="llm",
+            engine="vllm",
+            url="http://x/metrics",
+            timestamp=self.clock(),
+            values=(
+                EndpointValue("generation_tokens_total", "llama-3-8b", 2000.0 * t),
+                EndpointValue("prompt_tokens_total", "llama-3-8b", 500.0 * t),
+                EndpointValue("requests_total", "llama-3-8b", 4.0 * t, "success"),
+                EndpointValue("requests_total", "llama-3-8b", 1.0, "failure"),
+            ),
+            gpus=(0, 1),
+        )
+        images = EndpointSample(
+            name="sdxl",
+            engine="generic",
+            url="http://y/metrics",
+            unit="images",
+            timestamp=self.clock(),
+            values=(EndpointValue("work_units_total", "", 0.5 * t),),
+            gpus=(1,),
+        )
+        return Collected(endpoints=(llm, images))
+
+
+NO_SITE = Site()
+
+
+def run_daemon(site: Site = NO_SITE, ticks: int = 6) -> Daemon:
+    clock = Clock()
+    sources = [SimulatedSource(gpus=3, scenario="mixed", phase_seconds=100, clock=clock), Endpoints(clock)]
+    daemon = Daemon(
+        sources,
+        Renderer(extra=[derived_families]),
+        interval=1.0,
+        stages=[Deriver(window=4, site=site)],
+        clock=clock,
+    )
+    for _ in range(ticks):
+        asyncio.run(daemon.tick())
+        clock.advance(1.0)
+    return daemon
+
+
+def series(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return found
+
+
+def test_contract_names_labels_and_values() -> None:
+    site = Site(electricity_price_per_kwh=0.12, currency="EUR", pue=1.25, carbon_intensity_grams_per_kwh=350)
+    text = run_daemon(site).latest.text.decode()
+    found = series(text)
+    for name in ENDPOINT_METRICS:
+        assert set(found[name]) == {(("endpoint", "llm"), ("model", "llama-3-8b"))} | (
+            {(("endpoint", "sdxl"), ("model", ""))}
+            if name
+            in {
+                "tpw_endpoint_power_watts",
+                "tpw_endpoint_window_energy_joules",
+                "tpw_endpoint_gpu_utilization_ratio",
+                "tpw_endpoint_window_seconds",
+            }
+            else set()
+        ), name
+    for name in WORK_UNIT_METRICS:
+        assert set(found[name]) == {(("endpoint", "sdxl"), ("model", ""), ("unit", "images"))}, name
+    cost = found["tpw_endpoint_energy_cost_per_million_tokens"]
+    assert set(cost) == {(("currency", "EUR"), ("endpoint", "llm"), ("model", "llama-3-8b"))}
+    assert set(found["tpw_endpoint_co2_grams_per_million_tokens"]) == {
+        (("endpoint", "llm"), ("model", "llama-3-8b"))
+    }
+    for name in GPU_METRICS - {"tpw_gpu_idle_energy_ratio"}:
+        assert {labels[0][1] for labels in found[name]} == {"0", "1", "2"}, name
+    assert {labels[0][1] for labels in found["tpw_gpu_idle_energy_ratio"]} == {"0", "1"}  # 2 not attributed
+    assert len(found["tpw_gpu_bound"]) == 3 * 5
+    assert {dict(labels)["signal"] for labels in found["tpw_gpu_bound_evidence_ratio"]} == {
+        "tensor",
+        "fp",
+        "dram",
+        "sm",
+        "graphics",
+    }
+    assert found["tpw_derive_window_seconds"][()] == pytest.approx(4)
+
+    llm = (("endpoint", "llm"), ("model", "llama-3-8b"))
+    assert found["tpw_endpoint_generation_tokens_per_second"][llm] == pytest.approx(2000)
+    assert found["tpw_endpoint_requests_per_second"][llm] == pytest.approx(4)
+    # mixed scenario, phase 100 s: GPU 0 idle (114 W), GPU 1 compute-bound (695 W), ± 3 W wobble.
+    power = found["tpw_endpoint_power_watts"][llm]
+    assert power == pytest.approx(114 + 695, abs=6)
+    assert found["tpw_endpoint_tokens_per_joule"][llm] == pytest.approx(2000 / power)
+    gpu_power = found["tpw_gpu_window_power_watts"]
+    assert gpu_power[(("gpu", "0"),)] + gpu_power[(("gpu", "1"),)] == pytest.approx(power)
+    bound = {dict(k)["gpu"]: dict(k)["bound"] for k, v in found["tpw_gpu_bound"].items() if v == 1}
+    assert bound == {"0": "idle", "1": "compute", "2": "memory"}
+    kwh_per_million = power / 2000 * 1e6 * 1.25 / 3.6e6
+    assert cost[(("currency", "EUR"), *llm)] == pytest.approx(kwh_per_million * 0.12)
+
+
+def test_every_family_has_help_and_no_value_is_nan_or_inf() -> None:
+    text = run_daemon(
+        Site(electricity_price_per_kwh=0.1, carbon_intensity_grams_per_kwh=100)
+    ).latest.text.decode()
+    names = ENDPOINT_METRICS | WORK_UNIT_METRICS | GPU_METRICS
+    names |= {"tpw_gpu_bound", "tpw_gpu_bound_evidence_ratio", "tpw_derive_window_seconds"}
+    names |= {"tpw_endpoint_energy_cost_per_million_tokens", "tpw_endpoint_co2_grams_per_million_tokens"}
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    for name in names:
+        assert families[name].documentation, name
+        assert families[name].type == "gauge", name
+    for name in ("tpw_endpoint_energy_cost_per_million_tokens", "tpw_endpoint_co2_grams_per_million_tokens"):
+        assert "host CPU/DRAM energy is not included" in families[name].documentation
+        assert "site.pue" in families[name].documentation
+    for family in families.values():
+        for sample in family.samples:
+            assert math.isfinite(sample.value), sample
+
+
+def test_cost_and_carbon_absent_without_site_values() -> None:
+    found = series(run_daemon(Site()).latest.text.decode())
+    assert "tpw_endpoint_energy_cost_per_million_tokens" not in found
+    assert "tpw_endpoint_co2_grams_per_million_tokens" not in found
+
+
+def test_first_tick_has_no_window_values() -> None:
+    found = series(run_daemon(ticks=1).latest.text.decode())
+    assert found["tpw_derive_window_seconds"][()] == 0
+    assert "tpw_endpoint_tokens_per_joule" not in found
+    assert "tpw_gpu_window_power_watts" not in found
+    assert "tpw_gpu_bound" not in found  # no GPM window on the first simulated tick
+
+
+def test_no_derived_values_renders_empty_families() -> None:
+    from exporter.model import Snapshot
+
+    families = list(derived_families(Snapshot(tick=0, wall_time=0, monotonic_time=0, duration_seconds=0)))
+    assert families and all(not family.samples for family in families)
+
+
+def test_promtool_lint_and_openmetrics() -> None:
+    exposition = run_daemon(Site(electricity_price_per_kwh=0.1, carbon_intensity_grams_per_kwh=100)).latest
+    result = promtool("check", "metrics", input_text=exposition.text.decode())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+    assert b"tpw_gpu_bound{" in exposition.openmetrics and exposition.openmetrics.endswith(b"# EOF\n")
+
+
+def test_snapshot_json_carries_derived_values() -> None:
+    snapshot = run_daemon().latest.snapshot
+    payload = json.loads(SNAPSHOT_JSON.dump_json(snapshot))
+    assert payload["derived"]["window_seconds"] == pytest.approx(4)
+    assert {e["name"] for e in payload["derived"]["endpoints"]} == {"llm", "sdxl"}
+    assert payload["derived"]["gpus"][1]["bound"] == "compute"
+
+
+def test_build_deriver_follows_config() -> None:
+    config = load_config(
+        environ={
+            "TPW_INTERVAL": "2",
+            "TPW_DERIVE__WINDOW": "60",
+            "TPW_DERIVE__BOUND__COMPUTE_PIPE_AT_LEAST": "0.7",
+            "TPW_SITE__PUE": "1.4",
+            "TPW_SITE__CURRENCY": "GBP",
+            "TPW_SITE__ELECTRICITY_PRICE_PER_KWH": "0.3",
+        }
+    )
+    deriver = build_deriver(config)
+    assert deriver.window == 60 and deriver.tolerance == 1.0
+    assert deriver.thresholds.compute_pipe_at_least == 0.7
+    assert deriver.site == Site(electricity_price_per_kwh=0.3, currency="GBP", pue=1.4)
+
+
+def test_demo_process_serves_derived_metrics() -> None:
+    env = {"TPW_DERIVE__WINDOW": "1", "TPW_SITE__ELECTRICITY_PRICE_PER_KWH": "0.1"}
+    with running_exporter(["demo", "--scenario", "memory-bound", "--interval", "0.2"], env=env) as exporter:
+
+        def window_full() -> str:
+            text = exporter.metrics()
+            return text if series(text)["tpw_derive_window_seconds"][()] >= 0.7 else ""
+
+        text = wait_for(window_full, 10, "a full derive window in the demo")
+    assert series(text)["tpw_derive_window_seconds"][()] <= 1.2
+    assert 'tpw_gpu_bound{bound="memory",gpu="0"} 1.0' in text
+    assert "tpw_gpu_window_power_watts{" in text
