@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from exporter.sources.nvml import NvmlSource  # noqa: E402
+from exporter.sources.nvml import NvmlSource
 
 # Median per-call cost on an H100 (shared/h100-reference.md, "Timing and cadence facts"), seconds.
 CALL_SECONDS = {
@@ -96,7 +96,8 @@ def main() -> int:
 
     counts = [int(n) for n in options.gpus.split(",")]
     print(
-        "modelled NVML latencies per GPU per tick: field values (power+energy) 3.2 ms, GPM 1.06 ms, rest ~0.05 ms"
+        "modelled NVML latencies per GPU per tick: "
+        "field values (power+energy) 3.2 ms, GPM 1.06 ms, rest ~0.05 ms"
     )
     print(f"{'GPUs':>5} {'median collect ms':>18} {'× one GPU':>10}")
     baseline = None
