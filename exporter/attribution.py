@@ -3,7 +3,8 @@
 - `gpus: [0, "GPU-…"]` in config: those GPUs (UUIDs are mapped to indices; unknown ones are reported).
 - `gpus: all`: every GPU on the node.
 - `gpus: auto`: the process listening on the URL's local port, plus its descendants (psutil), matched with
-  the PIDs NVML lists as compute processes on each GPU. When that cannot work — a remote URL, no visible
+  the PIDs NVML lists as compute processes on each GPU (for TGI, whose GPU shards are siblings of the
+  listening router under one launcher, the launcher's other children too). When that cannot work — a remote URL, no visible
   listener (another PID namespace, or no permission), no matching GPU process — it says why once in the log
   and in `/api/v1/snapshot` (`attribution_note`) and falls back to all GPUs on the node.
 Process lookups are cached and refreshed every `refresh_seconds`, so the per-tick cost is a dict lookup.
@@ -25,6 +26,11 @@ from exporter.config import EndpointConfig
 from exporter.model import EndpointSample, GpuSample, Snapshot
 
 log = logging.getLogger(__name__)
+
+# Engines whose GPU workers are siblings of the process that listens (children of one launcher). Only for
+# these is the listener's parent's tree searched: for others a shared parent (a supervisor, a shell) would
+# attribute a neighbour's GPUs.
+SIBLING_WORKER_ENGINES = frozenset({"tgi"})
 
 # (port, include_siblings) → PIDs behind the listener, or None when no listener is visible.
 PidFinder = Callable[[int, bool], "set[int] | None"]
@@ -108,7 +114,7 @@ class Attributor:
         if wanted == "all":
             indices, method, note = every, "all", None
         elif wanted == "auto":
-            indices, method, note = self._auto(endpoint.name, config, gpus)
+            indices, method, note = self._auto(endpoint, config, gpus)
         else:
             indices, method, note = self._configured(wanted, gpus)
         self._log_note(endpoint.name, note)
@@ -133,8 +139,9 @@ class Attributor:
         return tuple(sorted(indices)), "config", note
 
     def _auto(
-        self, name: str, config: EndpointConfig | None, gpus: tuple[GpuSample, ...]
+        self, endpoint: EndpointSample, config: EndpointConfig | None, gpus: tuple[GpuSample, ...]
     ) -> tuple[tuple[int, ...], str, str | None]:
+        name = endpoint.name
         every = tuple(gpu.info.index for gpu in gpus)
         assert config is not None
         parts = urlsplit(config.url)
@@ -153,8 +160,8 @@ class Attributor:
                 ),
             )
         matched = tuple(gpu.info.index for gpu in gpus if pids.intersection(gpu.process_ids))
-        if not matched:
-            # Some engines' GPU workers are siblings of the listening front-end (same launcher).
+        if not matched and endpoint.engine in SIBLING_WORKER_ENGINES:
+            # TGI: the launcher spawns the listening router and the GPU shards side by side.
             pids = self._pids(name, port, include_siblings=True) or pids
             matched = tuple(gpu.info.index for gpu in gpus if pids.intersection(gpu.process_ids))
         if not matched:  # looked up again after refresh_seconds (the engine may restart with new PIDs)

@@ -24,7 +24,9 @@ def gpus(*process_ids: tuple[int, ...]) -> tuple[GpuSample, ...]:
     )
 
 
-def attribute(configs: list[EndpointConfig], gpu_samples: tuple[GpuSample, ...], **kwargs) -> dict:
+def attribute(
+    configs: list[EndpointConfig], gpu_samples: tuple[GpuSample, ...], engine: str = "vllm", **kwargs
+) -> dict:
     attributor = Attributor(configs, addresses=lambda: {"127.0.0.1", "10.1.2.3"}, **kwargs)
     snapshot = Snapshot(
         tick=1,
@@ -32,7 +34,7 @@ def attribute(configs: list[EndpointConfig], gpu_samples: tuple[GpuSample, ...],
         monotonic_time=0,
         duration_seconds=0,
         gpus=gpu_samples,
-        endpoints=tuple(EndpointSample(name=c.name, engine="vllm", url=c.url) for c in configs),
+        endpoints=tuple(EndpointSample(name=c.name, engine=engine, url=c.url) for c in configs),
     )
     return {e.name: e for e in attributor(snapshot).endpoints}
 
@@ -107,11 +109,28 @@ def test_process_lookup_is_cached_and_refreshed() -> None:
     assert calls == [8000, 8000]
 
 
-def test_auto_uses_sibling_workers_when_the_listener_itself_has_no_gpu() -> None:
-    # TGI-like: the router listens, the shards that use the GPUs are its siblings under the launcher.
+def test_tgi_uses_sibling_workers_when_the_listener_itself_has_no_gpu() -> None:
+    # TGI: the router listens, the shards that use the GPUs are its siblings under the launcher.
     trees = {False: {300}, True: {300, 301, 302}}
-    result = attribute([config("t")], gpus((301,), (302,), (999,)), find_pids=lambda port, s: trees[s])
+    result = attribute(
+        [config("t")], gpus((301,), (302,), (999,)), engine="tgi", find_pids=lambda port, s: trees[s]
+    )
     assert result["t"].gpus == (0, 1) and result["t"].attribution == "auto"
+
+
+def test_other_engines_never_borrow_a_siblings_gpus() -> None:
+    # Found on the H100: a GPU-less server launched by the same parent as a GPU workload must not be
+    # attributed the workload's GPU through their shared parent.
+    trees = {False: {300}, True: {300, 301}}
+    result = attribute(
+        [config("v")],
+        gpus(
+            (301,),
+        ),
+        engine="vllm",
+        find_pids=lambda port, s: trees[s],
+    )
+    assert result["v"].attribution == "all" and "none of the 1 process(es)" in result["v"].attribution_note
 
 
 def test_note_logged_once_per_change(caplog: pytest.LogCaptureFixture) -> None:
