@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# The CPU build of PyTorch, only to smoke-test benchmarks/decode_workload.py (the H100 validation's load).
+	$(PY) -m pip install --quiet 'torch==2.13.0'
 	touch $@
 
 demo: $(VENV)/.installed

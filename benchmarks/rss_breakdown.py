@@ -6,6 +6,7 @@ python benchmarks/rss_breakdown.py
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import resource
 import sys
 from pathlib import Path
@@ -23,7 +24,18 @@ def step(label: str) -> None:
 
 
 async def collect_a_few() -> None:
+    import pynvml
+
     from exporter.sources.nvml import NvmlSource
+
+    pynvml.nvmlInit()
+    step("nvmlInit")
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    samples = [pynvml.nvmlGpmSampleAlloc(), pynvml.nvmlGpmSampleAlloc()]
+    step("two GPM samples allocated for GPU 0")
+    for sample in samples:
+        pynvml.nvmlGpmSampleFree(sample)
+    del handle
 
     source = NvmlSource(gpu_timeout_seconds=2.0)
     await source.collect()
@@ -33,6 +45,8 @@ async def collect_a_few() -> None:
         await source.collect()
     step("after 5 more collects")
     await source.close()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    step("malloc_trim(0): free heap pages returned to the OS")
 
 
 def main() -> int:
@@ -50,9 +64,6 @@ def main() -> int:
     import uvicorn  # noqa: F401
 
     step("import fastapi, uvicorn")
-    import httpx  # noqa: F401
-
-    step("import httpx")
     import exporter.cli
     import exporter.daemon
     import exporter.render  # noqa: F401

@@ -4,9 +4,9 @@
 - `gpus: all`: every GPU on the node.
 - `gpus: auto`: the process listening on the URL's local port, plus its descendants (psutil), matched with
   the PIDs NVML lists as compute processes on each GPU (for TGI, whose GPU shards are siblings of the
-  listening router under one launcher, the launcher's other children too). When that cannot work — a remote URL, no visible
-  listener (another PID namespace, or no permission), no matching GPU process — it says why once in the log
-  and in `/api/v1/snapshot` (`attribution_note`) and falls back to all GPUs on the node.
+  listening router under one launcher, the launcher's other children too). When that cannot work — a
+  remote URL, no visible listener (another PID namespace, or no permission), no matching GPU process — it
+  says why once in the log and in `/api/v1/snapshot` (`attribution_note`) and falls back to all GPUs.
 Process lookups are cached and refreshed every `refresh_seconds`, so the per-tick cost is a dict lookup.
 """
 

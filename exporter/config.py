@@ -10,18 +10,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from exporter.derive import Site, Thresholds
+from exporter.sources.simulated import SCENARIOS
 
 ENV_PREFIX = "TPW_"
 ENV_CONFIG_FILE = "TPW_CONFIG"
 DEFAULT_PORT = 9835
 
-Scenario = Literal["idle", "compute-bound", "memory-bound", "launch-bound", "mixed"]
+# The one list of scenarios is exporter.sources.simulated.SCENARIOS (the CLI's --scenario choices too).
+Scenario = Literal[SCENARIOS]  # type: ignore[valid-type]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -48,14 +62,173 @@ class NvmlConfig(_Strict):
     )
 
 
+class ScheduleEntry(_Strict):
+    """One turn of a demo schedule: run `scenario` for `seconds`."""
+
+    scenario: Scenario
+    seconds: float = Field(gt=0, description="How long this scenario runs before the next one starts.")
+
+
+def parse_schedule(text: str) -> list[dict[str, str]]:
+    """`busy-flat:60,healthy:30` → [{"scenario": "busy-flat", "seconds": "60"}, …] (validated later)."""
+    entries = []
+    for item in text.split(","):
+        name, sep, seconds = item.strip().rpartition(":")
+        if not sep or not name or not seconds:
+            raise ValueError(
+                f"expected SCENARIO:SECONDS[,…] such as busy-flat:60,healthy:60; {item!r} is not"
+            )
+        entries.append({"scenario": name, "seconds": seconds})
+    return entries
+
+
 class SimulationConfig(_Strict):
     """The built-in simulated node used by `tpw-exporter demo`."""
 
     gpus: int = Field(2, ge=1, le=1024, description="Number of simulated GPUs.")
     scenario: Scenario = Field("mixed", description="Workload the simulated GPUs follow.")
     phase_seconds: float = Field(
-        60.0, gt=0, description="Length of each phase of the `mixed` scenario, in seconds."
+        60.0,
+        gt=0,
+        description="Length of one phase in seconds: each phase of `mixed`, and the time unit of the alert "
+        "scenarios' ramps.",
     )
+    schedule: list[ScheduleEntry] | None = Field(
+        None,
+        min_length=1,
+        description="Scenarios in turn, each for its seconds, repeating (overrides `scenario`); also "
+        "written `busy-flat:60,healthy:60`.",
+    )
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: Any) -> Any:
+        return parse_schedule(value) if isinstance(value, str) else value
+
+
+_THRESHOLDS = Thresholds()
+_RATIO = {"ge": 0.0, "le": 1.0}
+MAX_WINDOW_SECONDS = 86400.0
+
+
+EngineName = Literal["auto", "vllm", "sglang", "tgi", "triton", "llamacpp", "generic"]
+WorkUnit = Literal["tokens", "images", "samples", "requests"]
+ENDPOINT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+MIB = 1024 * 1024
+
+
+class EndpointConfig(_Strict):
+    """One serving engine's Prometheus endpoint."""
+
+    name: str = Field(pattern=ENDPOINT_NAME_PATTERN, description="Label value `endpoint`; unique.")
+    url: str = Field(description="http(s) URL of the engine's Prometheus metrics page.")
+    engine: EngineName = Field("auto", description="Engine profile, or `auto` to detect from metric names.")
+    gpus: Literal["auto", "all"] | list[int | str] = Field(
+        "auto",
+        description="GPUs serving this endpoint: indices or UUIDs, `all`, or `auto` (match the process "
+        "listening on the URL's local port with NVML's compute processes; falls back to all).",
+    )
+    timeout_seconds: float = Field(2.0, gt=0, le=60, description="Time limit for one scrape.")
+    max_body_bytes: int = Field(16 * MIB, ge=1024, description="Largest page accepted (decompressed).")
+    unit: WorkUnit = Field("tokens", description="Unit of work (generic endpoints that do not serve tokens).")
+    mapping: dict[str, str] | None = Field(
+        None, description="For engine `generic`: normalized field → source metric name."
+    )
+    model_label: str | None = Field(
+        None, description="For engine `generic`: the label carrying the model name."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("expected an http:// or https:// URL such as http://localhost:8000/metrics")
+        return value
+
+    @field_validator("mapping")
+    @classmethod
+    def _check_mapping(cls, mapping: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
+        if mapping is not None and info.data.get("engine") == "generic":
+            from exporter.engines import generic_profile
+
+            generic_profile(mapping, info.data.get("unit", "tokens"))  # raises ValueError naming the bad key
+        return mapping
+
+    @model_validator(mode="after")
+    def _check_generic(self) -> EndpointConfig:
+        if self.engine == "generic" and not self.mapping:
+            raise ValueError("engine generic needs `mapping` (normalized field → source metric name)")
+        if self.engine != "generic" and self.mapping is not None:
+            raise ValueError(f"`mapping` is only for engine generic, not {self.engine}")
+        return self
+
+
+class BoundThresholds(_Strict):
+    """Roofline classification thresholds on window-mean GPM ratios; defaults calibrated on an H100."""
+
+    idle_graphics_below: float = Field(
+        _THRESHOLDS.idle_graphics_below, **_RATIO, description="idle when graphics-engine activity is below."
+    )
+    compute_pipe_at_least: float = Field(
+        _THRESHOLDS.compute_pipe_at_least,
+        **_RATIO,
+        description="compute-bound when max(tensor, fp16/32/64 pipe activity) is at least this.",
+    )
+    memory_dram_at_least: float = Field(
+        _THRESHOLDS.memory_dram_at_least,
+        **_RATIO,
+        description="memory-bound when DRAM bandwidth utilization is at least this (and tensor is low).",
+    )
+    low_tensor_below: float = Field(
+        _THRESHOLDS.low_tensor_below,
+        **_RATIO,
+        description="tensor activity below this counts as low (for memory- and latency-bound).",
+    )
+    latency_sm_below: float = Field(
+        _THRESHOLDS.latency_sm_below,
+        **_RATIO,
+        description="latency-bound when SM activity is below this while the engine is busy.",
+    )
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(**self.model_dump())
+
+
+class DeriveConfig(_Strict):
+    """Derived metrics over a sliding window of ticks (throughput per watt, roofline bound)."""
+
+    window: float = Field(
+        30.0,
+        gt=0,
+        le=MAX_WINDOW_SECONDS,
+        description="Seconds of history the derived metrics cover; at least 2 × interval. Tens of seconds "
+        "or more: the energy counter advances in 100 ms steps.",
+    )
+    bound: BoundThresholds = BoundThresholds()
+
+
+class SiteConfig(_Strict):
+    """Facility figures for energy cost and carbon per token; unset values leave those metrics absent."""
+
+    electricity_price_per_kwh: float | None = Field(
+        None, ge=0, description="Electricity price per kWh, in `currency`."
+    )
+    currency: str = Field("USD", description="ISO 4217 code of the price, e.g. USD, EUR.")
+    pue: float = Field(1.0, ge=1.0, le=10.0, description="Power usage effectiveness: facility / IT energy.")
+    carbon_intensity_grams_per_kwh: float | None = Field(
+        None, ge=0, description="Grid carbon intensity in gCO2 per kWh."
+    )
+
+    @field_validator("currency")
+    @classmethod
+    def _check_currency(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Z]{3}", value):
+            raise ValueError("must be a 3-letter upper-case ISO 4217 code such as USD or EUR")
+        return value
+
+    def site(self) -> Site:
+        return Site(**self.model_dump())
 
 
 class Config(_Strict):
@@ -68,12 +241,35 @@ class Config(_Strict):
     log_level: LogLevel = "info"
     nvml: NvmlConfig = NvmlConfig()
     simulation: SimulationConfig = SimulationConfig()
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+    derive: DeriveConfig = DeriveConfig()
+    site: SiteConfig = SiteConfig()
 
     @field_validator("listen_address")
     @classmethod
     def _check_listen_address(cls, value: str) -> str:
         split_listen_address(value)
         return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_unique_endpoints(cls, endpoints: list[EndpointConfig]) -> list[EndpointConfig]:
+        seen: set[str] = set()
+        for endpoint in endpoints:
+            if endpoint.name in seen:
+                raise ValueError(f"endpoint name {endpoint.name!r} is used twice; names must be unique")
+            seen.add(endpoint.name)
+        return endpoints
+
+    @model_validator(mode="after")
+    def _check_derive_window(self) -> Config:
+        window, interval = self.derive.window, self.interval
+        if window < 2 * interval:
+            raise ValueError(
+                f"derive.window: must be at least 2 × interval ({2 * interval:g} s) so the window holds two "
+                f"ticks (got {window:g})"
+            )
+        return self
 
     @property
     def host(self) -> str:
@@ -102,6 +298,9 @@ def format_validation_error(error: ValidationError) -> str:
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"]) or "config"
         message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"] and re.match(r"[a-z_]+(\.[a-z_]+)*: ", message):
+            parts.append(message)  # a model-level check that already names its field
+            continue
         if item["type"] == "extra_forbidden":
             message = "unknown field"
         given = item.get("input")
@@ -147,7 +346,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         value: Any = raw
-        if raw[:1] in "[{":
+        if raw[:1] in ("[", "{"):
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError:

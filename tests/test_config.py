@@ -140,3 +140,9 @@ def test_duplicate_endpoint_names_are_refused(tmp_path: Path) -> None:
     text = "endpoints:\n  - {name: a, url: 'http://h:1/metrics'}\n  - {name: a, url: 'http://h:2/metrics'}\n"
     with pytest.raises(ConfigError, match="endpoint name 'a' is used twice"):
         load_config(write(tmp_path, text), {})
+
+
+def test_empty_environment_variable_is_a_value_not_json() -> None:
+    with pytest.raises(ConfigError, match="log_level: Input should be"):
+        load_config(environ={"TPW_LOG_LEVEL": ""})
+    assert load_config(environ={"TPW_SIMULATION__SCENARIO": "idle"}).simulation.scenario == "idle"

@@ -7,7 +7,9 @@ constant rates, so tests and benchmarks know the ground truth at any moment.
 
 Per-GPU serving behaviour by workload (an 8B-class model on an H100, orders of magnitude only):
 compute-bound = large batches, memory-bound = small batches, launch-bound = tiny batches starved by the
-host, idle = no traffic.
+host, idle = no traffic; the alert scenarios' keyframes follow Little's law (`_serving`). Between two
+keyframes every number moves linearly, like the GPUs' (`exporter.sources.simulated.Plan`). In a scenario
+whose engine is down (`endpoint-down`) the page answers 503, so the exporter really fails to scrape it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from exporter.sources.simulated import Scenario
+from exporter.sources.simulated import Plan
 
 DEMO_ENDPOINT_NAME = "demo-vllm"
 DEMO_MODEL = "simulated/llama-3.1-8b"
@@ -34,6 +36,22 @@ class Serving:
     waiting: float  # requests queued
     ttft_seconds: float
     e2e_seconds: float
+    kv_cache_usage: float | None = None  # None: running / 300 (a KV cache for ~300 typical requests)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_cache_usage if self.kv_cache_usage is not None else min(self.running / 300.0, 1.0)
+
+
+def _serving(
+    tokens_per_second: float, running: float, waiting: float, prefill_seconds: float, kv: float | None = None
+) -> Serving:
+    """A coherent steady state: each request generates 256 tokens at tokens/s ÷ running per request, and
+    waits in the queue for waiting ÷ (requests finished per second) before its prefill."""
+    requests_per_second = tokens_per_second / GENERATED_TOKENS_PER_REQUEST
+    ttft = prefill_seconds + waiting / requests_per_second
+    e2e = ttft + running / requests_per_second
+    return Serving(tokens_per_second, running, waiting, ttft, e2e, kv)
 
 
 SERVING: dict[str, Serving] = {
@@ -41,6 +59,18 @@ SERVING: dict[str, Serving] = {
     "compute-bound": Serving(12000.0, 256, 4, 0.35, 5.8),
     "memory-bound": Serving(3000.0, 24, 0, 0.06, 2.1),
     "launch-bound": Serving(400.0, 4, 0, 0.05, 2.6),
+    "healthy": _serving(9000.0, 128, 0, 0.25),
+    "busy-flat": _serving(12000.0, 256, 8, 0.35),
+    "busy-flat+1": _serving(12000.0, 256, 68, 0.35),  # +60 queued per GPU per phase, tokens/s flat
+    "input-bound": _serving(900.0, 8, 12, 0.30),
+    "bandwidth-ramp": _serving(2500.0, 24, 0, 0.08),
+    "bandwidth-saturated": _serving(3500.0, 32, 24, 0.12, kv=0.97),  # long contexts fill the KV cache
+    "regressed": _serving(9000.0, 160, 0, 0.32),  # same tokens/s, each request longer on the GPU
+    "batch-cut": _serving(1500.0, 16, 0, 0.05),
+    "batch-cut-queued": _serving(1500.0, 16, 150, 0.05),  # clients time out at ~30 s: the queue levels off
+    "leaked": _serving(4500.0, 128, 30, 0.25),
+    "thermal-throttled": _serving(6000.0, 128, 0, 0.35),
+    "power-capped": _serving(5500.0, 128, 0, 0.35),
 }
 
 
@@ -61,9 +91,7 @@ class EngineState:
 class SimulatedEngine:
     """The engine across `gpus` simulated GPUs following `scenario`; `elapsed` is the simulation clock."""
 
-    def __init__(
-        self, scenario: Scenario, gpus: int, elapsed: Callable[[], float], start_time: float
-    ) -> None:
+    def __init__(self, scenario: Plan, gpus: int, elapsed: Callable[[], float], start_time: float) -> None:
         self.scenario = scenario
         self.gpus = gpus
         self.elapsed = elapsed
@@ -76,7 +104,14 @@ class SimulatedEngine:
         )
 
     def _now(self, t: float, value: Callable[[Serving], float]) -> float:
-        return sum(value(SERVING[self.scenario.workload_at(gpu, t)]) for gpu in range(self.gpus))
+        return sum(
+            self.scenario.value_at(gpu, t, lambda workload: value(SERVING[workload]))
+            for gpu in range(self.gpus)
+        )
+
+    def available(self) -> bool:
+        """False while the scenario has the engine down: its page then answers 503."""
+        return self.scenario.engine_up(self.elapsed())
 
     def state(self, t: float) -> EngineState:
         tokens = self._integral(t, lambda s: s.generation_tokens_per_second)
@@ -88,7 +123,7 @@ class SimulatedEngine:
             requests=requests,
             running=running,
             waiting=self._now(t, lambda s: s.waiting),
-            kv_cache_usage=min(running / (300.0 * self.gpus), 1.0),
+            kv_cache_usage=self._now(t, lambda s: s.kv_usage) / self.gpus,
             ttft_sum=self._integral(t, lambda s: s.ttft_seconds * s.generation_tokens_per_second)
             / GENERATED_TOKENS_PER_REQUEST,
             e2e_sum=self._integral(t, lambda s: s.e2e_seconds * s.generation_tokens_per_second)
@@ -102,10 +137,10 @@ class SimulatedEngine:
         lines = [
             "# HELP vllm:num_requests_running Number of requests in model execution batches.",
             "# TYPE vllm:num_requests_running gauge",
-            f'vllm:num_requests_running{{engine="0",{model}}} {s.running:g}',
+            f'vllm:num_requests_running{{engine="0",{model}}} {round(s.running)}',
             "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
             "# TYPE vllm:num_requests_waiting gauge",
-            f'vllm:num_requests_waiting{{engine="0",{model}}} {s.waiting:g}',
+            f'vllm:num_requests_waiting{{engine="0",{model}}} {round(s.waiting)}',
             "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
             "# TYPE vllm:kv_cache_usage_perc gauge",
             f'vllm:kv_cache_usage_perc{{engine="0",{model}}} {s.kv_cache_usage:.6f}',
@@ -145,6 +180,9 @@ class SimulatedEngineServer:
             def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
+                    return
+                if not engine.available():
+                    self.send_error(503, "simulated engine down (scenario endpoint-down)")
                     return
                 body = engine.page().encode()
                 self.send_response(200)
