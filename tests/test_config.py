@@ -13,6 +13,22 @@ from exporter.config import ConfigError, load_config
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Bad `derive` and `site` values (the keys of the derived metrics).
+DERIVE_AND_SITE_ERRORS = [
+    ("derive:\n  window: 1.5\n", {}, "derive.window: must be at least 2 × interval (2 s)"),
+    ("interval: 20\n", {}, "derive.window: must be at least 2 × interval (40 s)"),
+    ("derive:\n  window: 100000\n", {}, "derive.window: Input should be less than or equal to 86400"),
+    ("derive:\n  window: 0\n", {}, "derive.window: Input should be greater than 0"),
+    ("derive:\n  bound:\n    idle_graphics_below: 5\n", {}, "derive.bound.idle_graphics_below"),
+    ("derive:\n  bound:\n    tensor: 0.5\n", {}, "derive.bound.tensor: unknown field"),
+    ("site:\n  pue: 0.8\n", {}, "site.pue: Input should be greater than or equal to 1"),
+    ("site:\n  currency: usd\n", {}, "site.currency: must be a 3-letter upper-case ISO 4217 code"),
+    ("", {"TPW_SITE__CURRENCY": "EURO"}, "site.currency"),
+    ("site:\n  electricity_price_per_kwh: -1\n", {}, "site.electricity_price_per_kwh"),
+    ("site:\n  carbon_intensity_grams_per_kwh: -3\n", {}, "site.carbon_intensity_grams_per_kwh"),
+]
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -56,6 +72,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("", {"TPW_SIMULATION__GPUS": "many"}, "simulation.gpus: Input should be a valid integer"),
         ("- a\n- b\n", {}, "expected a mapping of settings, got list"),
         ("interval: [\n", {}, "line 2"),
+        *DERIVE_AND_SITE_ERRORS,
     ],
 )
 def test_bad_values_give_one_line_naming_the_field(

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from exporter.model import GpuInfo, GpuSample, NodeInfo, Profiling
+from exporter.model import PROFILING_RATIOS, GpuInfo, GpuSample, NodeInfo, Profiling
 from exporter.sources.base import Collected, Source
 
 log = logging.getLogger("tpw_exporter.simulated")
@@ -588,19 +588,7 @@ class SimulatedSource(Source):
 
         profiling = None
         if window is not None:
-            ratios = {
-                key: ratio(key)
-                for key in (
-                    "graphics_active",
-                    "sm_active",
-                    "sm_occupancy",
-                    "tensor_active",
-                    "dram_bandwidth_utilization",
-                    "fp16_active",
-                    "fp32_active",
-                    "fp64_active",
-                )
-            }
+            ratios = {key: ratio(key) for key in PROFILING_RATIOS}
             pcie = number("pcie_bytes_per_second")
             rates = {"pcie_rx_bytes_per_second": pcie, "pcie_tx_bytes_per_second": pcie / 2}
             profiling = Profiling(window_seconds=window, ratios=ratios, rates=rates)
