@@ -12,6 +12,10 @@ ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	# The CPU build of PyTorch, only to smoke-test benchmarks/decode_workload.py (the H100 validation's load).
 	$(PY) -m pip install --quiet 'torch==2.13.0'
@@ -35,7 +39,7 @@ tools:
 	fi
 	@prometheus --version 2>&1 | head -1
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
@@ -47,7 +51,7 @@ dashboards: $(VENV)/.installed
 prometheusrule: $(VENV)/.installed
 	$(PY) deploy/kubernetes/generate_prometheusrule.py
 
-test: $(VENV)/.installed tools lint
+test: $(VENV)/.installed-test tools lint
 	$(PY) -m pytest -q
 
 clean:
