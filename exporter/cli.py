@@ -259,7 +259,7 @@ def build_node(config: Config, command: str) -> Node:
     if endpoints:
         from exporter.sources.endpoints import EndpointsSource
 
-        sources.append(EndpointsSource(endpoints))
+        sources.append(EndpointsSource(endpoints, tick_budget_seconds=0.8 * config.interval))
     return Node(sources, endpoints, stop)
 
 

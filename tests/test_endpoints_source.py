@@ -115,6 +115,26 @@ def test_slow_endpoint_times_out_without_delaying_the_others() -> None:
     assert fast_sample.up
 
 
+def test_timeout_is_capped_at_the_tick_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """With a 0.5 s interval an endpoint's 5 s timeout would hold up every other source's tick."""
+    with engine_server(vllm_page(1), delay=3.0) as slow:
+
+        async def run() -> EndpointSample:
+            source = EndpointsSource([endpoint(slow.url, timeout_seconds=5)], tick_budget_seconds=0.4)
+            try:
+                return (await source.collect()).endpoints[0]
+            finally:
+                await source.close()
+
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            sample = asyncio.run(run())
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.5
+    assert not sample.up and "no answer within 0.4 s" in sample.error
+    assert any("capped at 0.4 s" in r.message for r in caplog.records)
+
+
 @pytest.mark.parametrize("status", [404, 500, 503])
 def test_http_errors(status: int) -> None:
     with engine_server(b"nope", status=status) as server:

@@ -73,11 +73,26 @@ class EndpointScraper:
     """Scrapes one endpoint; keeps what must survive between ticks (counts, last values, engine)."""
 
     def __init__(
-        self, config: EndpointConfig, client: httpx.AsyncClient, clock: Callable[[], float] = time.monotonic
+        self,
+        config: EndpointConfig,
+        client: httpx.AsyncClient,
+        clock: Callable[[], float] = time.monotonic,
+        tick_budget_seconds: float | None = None,
     ) -> None:
         self.config = config
         self._client = client
         self._clock = clock
+        # A scrape must end inside the tick, or one slow engine would delay the GPU metrics and the
+        # other endpoints: the configured timeout is capped at the tick's budget.
+        self.timeout = min(config.timeout_seconds, tick_budget_seconds or config.timeout_seconds)
+        if self.timeout < config.timeout_seconds:
+            log.warning(
+                "endpoint %s: timeout_seconds %g capped at %g s to fit the collection interval; "
+                "raise `interval` for engines slower than that",
+                config.name,
+                config.timeout_seconds,
+                self.timeout,
+            )
         self.url = display_url(config.url)
         self._fixed_profile: EngineProfile | None = None
         if config.engine == "generic":
@@ -99,7 +114,7 @@ class EndpointScraper:
         origin = urlsplit(url).netloc
         for _ in range(MAX_REDIRECTS + 1):
             async with self._client.stream(
-                "GET", url, headers={"Accept": ACCEPT}, timeout=self.config.timeout_seconds
+                "GET", url, headers={"Accept": ACCEPT}, timeout=self.timeout
             ) as response:
                 if response.is_redirect:
                     target = urljoin(url, response.headers.get("location", ""))
@@ -132,12 +147,12 @@ class EndpointScraper:
     async def scrape(self) -> EndpointSample:
         started = self._clock()
         try:
-            body = await asyncio.wait_for(self._fetch(), timeout=self.config.timeout_seconds)
+            body = await asyncio.wait_for(self._fetch(), timeout=self.timeout)
             sample = self._interpret(body, started)
         except ScrapeError as exc:
             sample = self._failed(exc.reason, str(exc), started)
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            sample = self._failed("timeout", f"no answer within {self.config.timeout_seconds:g} s", started)
+            sample = self._failed("timeout", f"no answer within {self.timeout:g} s", started)
         except httpx.ConnectError as exc:
             sample = self._failed("connect", f"cannot connect to {self.url}: {_reason(exc)}", started)
         except httpx.HTTPError as exc:
@@ -272,11 +287,16 @@ class EndpointsSource(Source):
     name = "endpoints"
 
     def __init__(
-        self, endpoints: Sequence[EndpointConfig], clock: Callable[[], float] = time.monotonic
+        self,
+        endpoints: Sequence[EndpointConfig],
+        clock: Callable[[], float] = time.monotonic,
+        tick_budget_seconds: float | None = None,
     ) -> None:
         # trust_env=False: proxies from the environment must not capture scrapes of local engines.
         self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
-        self.scrapers = [EndpointScraper(config, self._client, clock) for config in endpoints]
+        self.scrapers = [
+            EndpointScraper(config, self._client, clock, tick_budget_seconds) for config in endpoints
+        ]
 
     async def collect(self) -> Collected:
         samples = await asyncio.gather(*(scraper.scrape() for scraper in self.scrapers))
