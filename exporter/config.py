@@ -128,7 +128,9 @@ class EndpointConfig(_Strict):
         description="GPUs serving this endpoint: indices or UUIDs, `all`, or `auto` (match the process "
         "listening on the URL's local port with NVML's compute processes; falls back to all).",
     )
-    timeout_seconds: float = Field(2.0, gt=0, le=60, description="Time limit for one scrape.")
+    timeout_seconds: float = Field(
+        2.0, gt=0, le=60, description="Time limit for one scrape, capped at 80% of `interval`."
+    )
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="Largest page accepted (decompressed).")
     unit: WorkUnit = Field("tokens", description="Unit of work (generic endpoints that do not serve tokens).")
     mapping: dict[str, str] | None = Field(
