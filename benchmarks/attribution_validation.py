@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, exporter_env, free_port, verdict
+
 WORKLOAD = REPO / "benchmarks" / "decode_workload.py"
 DECOY = (
     "import http.server, sys\n"
@@ -38,12 +36,6 @@ DECOY = (
     "    def log_message(self, *a): pass\n"
     "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str) -> dict:
@@ -60,10 +52,7 @@ def main() -> int:
     options = parser.parse_args()
     gpus = [int(item) for item in options.gpus.split(",")]
 
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    env = exporter_env()
     children: list[subprocess.Popen[bytes]] = []
     endpoints = []
     try:
@@ -156,10 +145,7 @@ def main() -> int:
             failures.append(
                 f"{e['name']}: attributed {got['gpus']} ({got['attribution']}), expected {expected_gpus}"
             )
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    print("PASS" if not failures else f"{len(failures)} failure(s)")
-    return 1 if failures else 0
+    return verdict(failures)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import REPO, free_port
+
 from exporter.daemon import Daemon, SnapshotStage
 from exporter.derive import Deriver
 from exporter.model import EndpointSample, EndpointValue
@@ -42,7 +43,6 @@ from exporter.render import Renderer
 from exporter.render_derived import derived_families
 from exporter.sources.base import Collected, Source, SourceError
 
-REPO = Path(__file__).resolve().parent.parent
 WORKLOAD = REPO / "benchmarks" / "decode_workload.py"
 ENDPOINT_NAME = "decode"
 TOKENS_METRIC = "decode_generation_tokens_total"
@@ -53,12 +53,6 @@ EXPECTED_BOUNDS: dict[int, frozenset[str]] = {
     1024: frozenset({"compute"}),
 }
 SIGNALS = ("tensor", "fp", "dram", "sm", "graphics")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def counter_value(text: str, name: str) -> float | None:

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, exporter_env, free_port, verdict
 
 # shared/h100-reference.md, percent: (nvidia-smi util, GRAPHICS, SM, OCCUPANCY, ANY_TENSOR, DRAM_BW, W)
 REFERENCE = {
@@ -71,12 +68,6 @@ def run_workload(name: str, seconds: float, gpu: int) -> None:
     while time.monotonic() < end:
         step()
         torch.cuda.synchronize(device)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def snapshot(port: int) -> dict:
@@ -132,10 +123,7 @@ def main() -> int:
         return 0
 
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    env = exporter_env()
     exporter = subprocess.Popen(
         [
             sys.executable,
@@ -213,10 +201,7 @@ def main() -> int:
         tiny = by_name["tiny"]
         if not (tiny["graphics_active"] > 0.1 and tiny["sm_active"] < 0.05):
             failures.append("tiny-kernel loop does not show a busy engine with idle SMs")
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    print("PASS" if not failures else f"{len(failures)} failure(s)")
-    return 1 if failures else 0
+    return verdict(failures)
 
 
 if __name__ == "__main__":

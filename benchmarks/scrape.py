@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, exporter_env, free_port
 
 
 @dataclass
@@ -44,12 +41,6 @@ class Result:
     peak_rss_mb: float
     series: int
     bytes: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_exporter(args: list[str], port: int) -> subprocess.Popen[bytes]:
@@ -68,10 +59,7 @@ def start_exporter(args: list[str], port: int) -> subprocess.Popen[bytes]:
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        },
+        env=exporter_env(),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

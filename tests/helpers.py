@@ -24,6 +24,13 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
+def write_config(directory: Path, text: str) -> Path:
+    """A config.yaml with `text` in `directory`."""
+    path = directory / "config.yaml"
+    path.write_text(text)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_config as write
 
 from exporter.config import ConfigError, load_config
 
@@ -27,12 +28,6 @@ DERIVE_AND_SITE_ERRORS = [
     ("site:\n  electricity_price_per_kwh: -1\n", {}, "site.electricity_price_per_kwh"),
     ("site:\n  carbon_intensity_grams_per_kwh: -3\n", {}, "site.carbon_intensity_grams_per_kwh"),
 ]
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_defaults() -> None:

@@ -7,17 +7,12 @@ import sys
 from pathlib import Path
 
 import yaml
+from helpers import write_config as write
 
 from exporter.config import load_config
 from exporter.derive import Site, Thresholds
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_defaults() -> None:
