@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exporter.derive import Deriver
 from exporter.model import EndpointSample, EndpointValue, Snapshot
-from exporter.sources.simulated import WORKLOADS, Scenario, SimulatedSource
+from exporter.scenarios import WORKLOADS, Scenario
+from exporter.sources.simulated import SimulatedSource
 
 IDLE_WATTS = WORKLOADS["idle"].power_watts
 ENERGY_UPDATE_SECONDS = 0.1  # the H100's energy counter advances every 100 ms (shared/h100-reference.md)

@@ -27,8 +27,8 @@ import yaml
 from exporter import __version__
 from exporter.config import DEFAULT_PORT, Config, ConfigError, EndpointConfig, load_config
 from exporter.derive import Deriver
+from exporter.scenarios import SCENARIOS
 from exporter.sources.base import Source
-from exporter.sources.simulated import SCENARIOS
 
 EXIT_CONFIG_ERROR = 2
 
@@ -81,7 +81,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 
 def scenario_help() -> str:
     """The demo's scenarios, one line each, with the alert each one makes fire."""
-    from exporter.sources.simulated import SCENARIO_SPECS
+    from exporter.scenarios import SCENARIO_SPECS
 
     width = max(len(name) for name in SCENARIO_SPECS)
     lines = ["scenarios (phase = --phase-seconds):"]

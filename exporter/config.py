@@ -28,13 +28,13 @@ from pydantic import (
 )
 
 from exporter.derive import Site, Thresholds
-from exporter.sources.simulated import SCENARIOS
+from exporter.scenarios import SCENARIOS
 
 ENV_PREFIX = "TPW_"
 ENV_CONFIG_FILE = "TPW_CONFIG"
 DEFAULT_PORT = 9835
 
-# The one list of scenarios is exporter.sources.simulated.SCENARIOS (the CLI's --scenario choices too).
+# The one list of scenarios is exporter.scenarios.SCENARIOS (the CLI's --scenario choices too).
 Scenario = Literal[SCENARIOS]  # type: ignore[valid-type]
 LogLevel = Literal["debug", "info", "warning", "error"]
 

@@ -17,7 +17,8 @@ from exporter.model import EndpointSample, NodeInfo, Snapshot, SourceStatus
 from exporter.render import Renderer
 from exporter.render_derived import derived_families
 from exporter.render_endpoints import endpoint_families
-from exporter.sources.simulated import SCENARIO_SPECS, SimulatedSource
+from exporter.scenarios import SCENARIO_SPECS
+from exporter.sources.simulated import SimulatedSource
 
 RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
 ALERTS = RULES_DIR / "alerts.yml"

@@ -22,7 +22,8 @@ from helpers import REPO, promtool
 
 from exporter.derive import BOUND_STATES, classify_bound
 from exporter.model import CLOCK_EVENT_REASONS
-from exporter.sources.simulated import H100_MEMORY_BYTES, Plan, SimulatedSource
+from exporter.scenarios import H100_MEMORY_BYTES, Plan
+from exporter.sources.simulated import SimulatedSource
 from exporter.sources.simulated_engine import DEMO_ENDPOINT_NAME, DEMO_MODEL, SimulatedEngine
 
 ALERTS = REPO / "deploy" / "prometheus" / "rules" / "alerts.yml"

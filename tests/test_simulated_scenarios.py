@@ -21,7 +21,7 @@ from exporter.config import Scenario as ScenarioLiteral
 from exporter.config import load_config
 from exporter.derive import classify_bound
 from exporter.model import CLOCK_EVENT_REASONS
-from exporter.sources.simulated import (
+from exporter.scenarios import (
     GIB,
     H100_MEMORY_BYTES,
     SCENARIO_SPECS,
@@ -30,9 +30,9 @@ from exporter.sources.simulated import (
     Plan,
     Scenario,
     Schedule,
-    SimulatedSource,
     Workload,
 )
+from exporter.sources.simulated import SimulatedSource
 from exporter.sources.simulated_engine import (
     GENERATED_TOKENS_PER_REQUEST,
     SERVING,

@@ -8,7 +8,8 @@ import itertools
 import pytest
 from fake_nvml import Clock
 
-from exporter.sources.simulated import SCENARIOS, WORKLOADS, Scenario, SimulatedSource
+from exporter.scenarios import SCENARIOS, WORKLOADS, Scenario
+from exporter.sources.simulated import SimulatedSource
 
 
 def test_workloads_follow_the_h100_reference_table() -> None:
