@@ -183,6 +183,23 @@ def test_malformed_lines_are_skipped_and_counted() -> None:
     assert errors(sample) == {"malformed_line": 2}
 
 
+def test_auto_parses_only_the_detected_engines_series_after_detection() -> None:
+    """Detection reads every engine-prefixed line; after it, histogram buckets are skipped unparsed."""
+    bad_bucket = "vllm:time_to_first_token_seconds_bucket{" + MODEL + ',le="0.1} 3\n'
+    with engine_server(vllm_page(7.0, extra=bad_bucket)) as server:
+
+        async def run() -> list[EndpointSample]:
+            source = EndpointsSource([endpoint(server.url)])
+            samples = [(await source.collect()).endpoints[0] for _ in range(3)]
+            await source.close()
+            return samples
+
+        first, second, third = asyncio.run(run())
+    assert all(s.up and s.engine == "vllm" for s in (first, second, third))
+    assert [errors(s).get("malformed_line", 0) for s in (first, second, third)] == [1, 1, 1]
+    assert values(third)[("generation_tokens_total", "m", None)] == 7.0
+
+
 def test_page_without_any_engine_metric() -> None:
     with engine_server(b"# just noise\nprocess_cpu_seconds_total 3\n") as server:
         (auto,) = scrape(endpoint(server.url))

@@ -29,7 +29,7 @@ from exporter.engines import (
     normalize,
 )
 from exporter.model import EndpointSample, EndpointValue
-from exporter.promtext import parse_selected
+from exporter.promtext import ParseResult, parse_selected
 from exporter.sources.base import Collected, Source
 
 log = logging.getLogger(__name__)
@@ -180,9 +180,24 @@ class EndpointScraper:
             return self._fixed_profile.name
         return self._detected or "unknown"
 
-    def _profile_for(self, names: Sequence[str]) -> EngineProfile:
-        if self._fixed_profile is not None:
-            return self._fixed_profile
+    def _parse(self, text: str) -> tuple[EngineProfile, ParseResult]:
+        """Parse only what the endpoint's profile reads; for `auto`, the profile detected last time.
+
+        Detection needs every engine's names (on a vLLM page that is every histogram bucket, ~7× the
+        work), so the broad parse runs only until an engine is detected and again when the detected
+        engine's metrics vanish from the page.
+        """
+        profile = self._fixed_profile or (PROFILES[self._detected] if self._detected else None)
+        if profile is not None:
+            parsed = parse_selected(text, profile.wanted_names() | {PROCESS_START})
+            if self._fixed_profile is not None or any(s.name != PROCESS_START for s in parsed.samples):
+                return profile, parsed
+        parsed = parse_selected(
+            text, lambda name: name in ALL_PROFILE_NAMES or name == PROCESS_START or is_detection_name(name)
+        )
+        return self._detect([s.name for s in parsed.samples]), parsed
+
+    def _detect(self, names: Sequence[str]) -> EngineProfile:
         detected = detect_engine(names)
         if detected is None:
             raise ScrapeError("no_engine", "no known engine's metrics on the page (set `engine` explicitly)")
@@ -199,14 +214,7 @@ class EndpointScraper:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ScrapeError("decode", f"page is not UTF-8 (byte {exc.start})") from None
-        if self._fixed_profile is not None:
-            wanted = self._fixed_profile.wanted_names() | {PROCESS_START}
-            parsed = parse_selected(text, wanted)
-        else:
-            parsed = parse_selected(
-                text,
-                lambda name: name in ALL_PROFILE_NAMES or name == PROCESS_START or is_detection_name(name),
-            )
+        profile, parsed = self._parse(text)
         if parsed.malformed:
             self._errors["malformed_line"] += parsed.malformed
             log.debug(
@@ -215,7 +223,6 @@ class EndpointScraper:
                 parsed.malformed,
                 parsed.first_error,
             )
-        profile = self._profile_for([s.name for s in parsed.samples])
         values = tuple(normalize(profile, parsed.samples))
         if not values:
             raise ScrapeError("no_metrics", f"no {profile.name} metrics on the page (wrong engine or URL?)")
