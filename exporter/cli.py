@@ -28,7 +28,7 @@ from exporter import __version__
 from exporter.config import DEFAULT_PORT, Config, ConfigError, EndpointConfig, load_config
 from exporter.derive import Deriver
 from exporter.scenarios import SCENARIOS
-from exporter.sources.base import Source
+from exporter.sources.base import Source, SourceError
 
 EXIT_CONFIG_ERROR = 2
 
@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not collect GPM profiling metrics (env TPW_NVML__PROFILING)",
     )
+    serve.add_argument(
+        "--devices",
+        metavar="LIST",
+        help="GPUs to export, NVML indices or UUIDs joined by ',' (e.g. 0,1 or GPU-5c2d…); default all "
+        "(env TPW_NVML__DEVICES). A GPU the node does not have is an error (exit 2).",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -200,8 +206,13 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides["endpoints"] = [parse_endpoint_flag(text) for text in args.endpoint]
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    nvml: dict[str, Any] = {}
     if getattr(args, "no_profiling", False):
-        overrides["nvml"] = {"profiling": False}
+        nvml["profiling"] = False
+    if getattr(args, "devices", None) is not None:
+        nvml["devices"] = args.devices  # parsed and validated by NvmlConfig
+    if nvml:
+        overrides["nvml"] = nvml
     simulation = {
         key: getattr(args, flag)
         for flag, key in (("gpus", "gpus"), ("scenario", "scenario"), ("phase_seconds", "phase_seconds"))
@@ -248,13 +259,20 @@ def build_node(config: Config, command: str) -> Node:
             demo = EndpointConfig(name=DEMO_ENDPOINT_NAME, url=server.url, engine="vllm", gpus="all")
             endpoints.append(demo)
     else:
-        from exporter.sources.nvml import NvmlSource
+        from exporter.sources.nvml import DeviceSelectionError, NvmlSource
 
         gpu_source = NvmlSource(
             profiling=config.nvml.profiling,
             gpu_timeout_seconds=config.nvml.gpu_timeout_seconds or 0.8 * config.interval,
             retry_max_seconds=config.nvml.retry_max_seconds,
+            devices=config.nvml.devices,
         )
+        try:  # open the GPUs now, so that a device the node lacks is a start-up error, not a log line
+            gpu_source.initialise()
+        except DeviceSelectionError as exc:
+            raise ConfigError(str(exc)) from None
+        except SourceError as exc:  # no driver yet: the daemon keeps retrying with backoff
+            log.warning("%s; retrying in the background", exc)
     sources = [gpu_source]
     if endpoints:
         from exporter.sources.endpoints import EndpointsSource
@@ -376,4 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is noise
     limit_malloc_arenas()
-    return serve(config, args.command)
+    try:
+        return serve(config, args.command)
+    except ConfigError as exc:  # found while opening what the config names (e.g. a GPU the node lacks)
+        print(f"tpw-exporter: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR

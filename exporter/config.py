@@ -60,6 +60,34 @@ class NvmlConfig(_Strict):
         description="Time limit for one GPU's collection; default 80% of the interval. A GPU over it "
         "reports up 0 for that tick.",
     )
+    devices: list[int | str] | None = Field(
+        None,
+        min_length=1,
+        description='GPUs to export: NVML indices or UUIDs (GPU-…), e.g. [0, 1] or "0,1"; default all. A '
+        "device the node does not have stops start-up with an error naming it.",
+    )
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _parse_devices(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(value, int):
+            items = [value]
+        if not isinstance(items, list):
+            return value
+        parsed: list[Any] = []
+        for item in items:
+            text = item.strip() if isinstance(item, str) else item
+            if isinstance(text, str) and text.isdigit():
+                text = int(text)
+            if isinstance(text, str) and not re.fullmatch(r"(GPU|MIG)-[0-9A-Za-z-]{1,80}", text):
+                raise ValueError(
+                    f"expected GPU indices or UUIDs such as 0,1 or GPU-5c2d…; {text!r} is neither"
+                )
+            if isinstance(text, int) and not isinstance(text, bool) and text < 0:
+                raise ValueError(f"GPU indices are 0 or more, got {text}")
+            parsed.append(text)
+        return parsed
 
 
 class ScheduleEntry(_Strict):

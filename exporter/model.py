@@ -81,7 +81,9 @@ class GpuSample:
     temperature_celsius: float | None = None
     clock_event_reasons: int | None = None  # NVML bitmask, see CLOCK_EVENT_REASONS
     profiling: Profiling | None = None
-    process_ids: tuple[int, ...] = ()
+    process_ids: tuple[int, ...] = ()  # compute processes NVML lists on this GPU
+    # (pid, mean SM utilisation 0..1 since the last tick), only while several processes share the GPU
+    process_sm_ratios: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,9 @@ class EndpointSample:
     duration_seconds: float = 0.0
     values: tuple[EndpointValue, ...] = ()
     gpus: tuple[int, ...] = ()  # indices of the GPUs attributed to this endpoint
-    attribution: str = "all"  # "config" | "auto" | "all" (fallback: every GPU on the node)
+    gpu_shares: tuple[float, ...] = ()  # per entry of `gpus`: the part of that GPU's energy that is ours
+    # "config" | "auto" | "all" (fallback: every GPU on the node) | "pending" (auto, unresolved: no GPUs)
+    attribution: str = "all"
     attribution_note: str | None = None  # why auto attribution fell back, if it did
     errors_total: tuple[tuple[str, int], ...] = ()  # (reason, count since start), cumulative
     counter_resets_total: int = 0  # counters seen going backwards (engine restarts) since start

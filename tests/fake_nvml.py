@@ -5,12 +5,19 @@ structures (`c_nvmlGpmMetricsGet_t`, GPM sample pointers), so the source is exer
 bindings' types. GPM is modelled the way the driver does it: a sample records cumulative activity
 counters at a moment, and a metric is the counter delta between two samples divided by their time delta,
 so passing the samples in the wrong order or mixing windows gives wrong numbers.
+
+NVML's GPM entry points share process-wide scratch state with no lock: on a 2×H100 node, `nvmlGpmSampleGet`
+for one GPU during `nvmlGpmMetricsGet` for another gave doubled or zero ratios and crashed the process
+(docs/multi-gpu.md). The fake keeps one scratch buffer for all GPM calls in the same way, so overlapping
+GPM calls from two threads give wrong numbers too, and are counted in `gpm_overlaps`. `gpm_call_seconds`
+makes each GPM call last that long, so that calls that are not serialised do overlap in a test.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -50,6 +57,7 @@ class FakeGpu:
     gpm_metric_errors: dict[int, int] = field(default_factory=dict)  # metric id -> nvmlReturn
     block: threading.Event | None = None  # when set, every call waits on it (a hung driver)
     processes: tuple[int, ...] = ()
+    process_sm: dict[int, float] = field(default_factory=dict)  # pid -> SM utilisation percent
     counters: dict[int, float] = field(default_factory=dict)
     last_integrated: float = 0.0
 
@@ -61,8 +69,19 @@ class FakeNvml:
     c_nvmlGpmMetricsGet_t = c_nvmlGpmMetricsGet_t
     NVML_GPM_METRICS_GET_VERSION = NVML_GPM_METRICS_GET_VERSION
 
-    def __init__(self, gpus: list[FakeGpu], clock: Clock, init_error: int | None = None) -> None:
+    def __init__(
+        self,
+        gpus: list[FakeGpu],
+        clock: Clock,
+        init_error: int | None = None,
+        gpm_call_seconds: float = 0.0,
+    ) -> None:
         self.gpus = gpus
+        self.gpm_call_seconds = gpm_call_seconds
+        self.gpm_overlaps = 0
+        self._gpm_active = 0
+        self._gpm_count_lock = threading.Lock()  # guards the counters above, not the scratch
+        self._scratch: dict[int, float] = {}  # NVML's shared GPM scratch state (see the module docstring)
         self.clock = clock
         self.init_error = init_error
         self.calls: dict[str, int] = {}
@@ -201,6 +220,19 @@ class FakeNvml:
         gpu = self._enter("nvmlDeviceGetComputeRunningProcesses", handle)
         return [SimpleNamespace(pid=pid, usedGpuMemory=0) for pid in gpu.processes]
 
+    def nvmlDeviceGetProcessUtilization(self, handle: int, last_seen: int) -> list[Any]:
+        """One sample per process with an SM share, stamped now (µs); NOT_FOUND when there is none."""
+        gpu = self._enter("nvmlDeviceGetProcessUtilization", handle)
+        if not gpu.process_sm:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        stamp = int(self.clock() * 1e6)
+        samples = (pynvml.c_nvmlProcessUtilizationSample_t * len(gpu.process_sm))()
+        for slot, (pid, percent) in enumerate(sorted(gpu.process_sm.items())):
+            samples[slot].pid = pid
+            samples[slot].timeStamp = stamp
+            samples[slot].smUtil = int(percent)
+        return [sample for sample in samples if sample.timeStamp > last_seen]
+
     # -- GPM --------------------------------------------------------------------------------------------
     def nvmlGpmSampleAlloc(self) -> Any:
         self._enter("nvmlGpmSampleAlloc")
@@ -211,25 +243,47 @@ class FakeNvml:
     def nvmlGpmSampleFree(self, sample: Any) -> None:
         self._enter("nvmlGpmSampleFree")
 
+    def _gpm_enter(self) -> None:
+        with self._gpm_count_lock:
+            self._gpm_active += 1
+            if self._gpm_active > 1:
+                self.gpm_overlaps += 1
+
+    def _gpm_exit(self) -> None:
+        with self._gpm_count_lock:
+            self._gpm_active -= 1
+
     def nvmlGpmSampleGet(self, handle: int, sample: Any) -> None:
         gpu = self._enter("nvmlGpmSampleGet", handle)
-        self._integrate(gpu)
-        sample_id = ctypes.cast(sample, ctypes.c_void_p).value
-        self._samples[sample_id] = (handle, self.clock(), dict(gpu.counters))
+        self._gpm_enter()
+        try:
+            self._integrate(gpu)
+            self._scratch = dict(gpu.counters)  # the driver's counters land in the shared scratch first
+            time.sleep(self.gpm_call_seconds)
+            sample_id = ctypes.cast(sample, ctypes.c_void_p).value
+            self._samples[sample_id] = (handle, self.clock(), dict(self._scratch))
+        finally:
+            self._gpm_exit()
 
     def nvmlGpmMetricsGet(self, request: Any) -> Any:
         self._enter("nvmlGpmMetricsGet")
-        assert request.version == NVML_GPM_METRICS_GET_VERSION
-        handle1, time1, counters1 = self._samples[ctypes.cast(request.sample1, ctypes.c_void_p).value]
-        handle2, time2, counters2 = self._samples[ctypes.cast(request.sample2, ctypes.c_void_p).value]
-        assert handle1 == handle2, "GPM samples from two different GPUs"
-        gpu = self.gpus[handle2]
-        for slot in range(request.numMetrics):
-            metric = request.metrics[slot]
-            if metric.metricId in gpu.gpm_metric_errors:
-                metric.nvmlReturn = gpu.gpm_metric_errors[metric.metricId]
-                continue
-            delta = counters2.get(metric.metricId, 0.0) - counters1.get(metric.metricId, 0.0)
-            metric.value = delta / (time2 - time1) if time2 > time1 else 0.0
-            metric.nvmlReturn = 0
-        return request
+        self._gpm_enter()
+        try:
+            assert request.version == NVML_GPM_METRICS_GET_VERSION
+            handle1, time1, counters1 = self._samples[ctypes.cast(request.sample1, ctypes.c_void_p).value]
+            handle2, time2, counters2 = self._samples[ctypes.cast(request.sample2, ctypes.c_void_p).value]
+            assert handle1 == handle2, "GPM samples from two different GPUs"
+            self._scratch = dict(counters1)  # the older sample is staged in the shared scratch
+            time.sleep(self.gpm_call_seconds)
+            gpu = self.gpus[handle2]
+            for slot in range(request.numMetrics):
+                metric = request.metrics[slot]
+                if metric.metricId in gpu.gpm_metric_errors:
+                    metric.nvmlReturn = gpu.gpm_metric_errors[metric.metricId]
+                    continue
+                delta = counters2.get(metric.metricId, 0.0) - self._scratch.get(metric.metricId, 0.0)
+                metric.value = delta / (time2 - time1) if time2 > time1 else 0.0
+                metric.nvmlReturn = 0
+            return request
+        finally:
+            self._gpm_exit()

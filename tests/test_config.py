@@ -67,6 +67,9 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("", {"TPW_SIMULATION__GPUS": "many"}, "simulation.gpus: Input should be a valid integer"),
         ("- a\n- b\n", {}, "expected a mapping of settings, got list"),
         ("interval: [\n", {}, "line 2"),
+        ("", {"TPW_NVML__DEVICES": "0,gpu1"}, "nvml.devices: expected GPU indices or UUIDs such as 0,1"),
+        ("nvml:\n  devices: [-1]\n", {}, "nvml.devices: GPU indices are 0 or more, got -1"),
+        ("nvml:\n  devices: []\n", {}, "nvml.devices: List should have at least 1 item"),
         *DERIVE_AND_SITE_ERRORS,
     ],
 )
@@ -78,6 +81,23 @@ def test_bad_values_give_one_line_naming_the_field(
     message = str(caught.value)
     assert expected in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "devices"),
+    [
+        ("", {}, None),
+        ("", {"TPW_NVML__DEVICES": "0,1"}, [0, 1]),
+        ("", {"TPW_NVML__DEVICES": "GPU-5c2d-11aa, 3"}, ["GPU-5c2d-11aa", 3]),
+        ("", {"TPW_NVML__DEVICES": "[2]"}, [2]),
+        ("nvml:\n  devices: [1, GPU-aa]\n", {}, [1, "GPU-aa"]),
+        ("nvml:\n  devices: 2\n", {}, [2]),
+    ],
+)
+def test_devices_from_file_and_environment(
+    tmp_path: Path, text: str, environ: dict[str, str], devices: list[int | str] | None
+) -> None:
+    assert load_config(write(tmp_path, text), environ).nvml.devices == devices
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
@@ -158,3 +178,20 @@ def test_empty_environment_variable_is_a_value_not_json() -> None:
     with pytest.raises(ConfigError, match="log_level: Input should be"):
         load_config(environ={"TPW_LOG_LEVEL": ""})
     assert load_config(environ={"TPW_SIMULATION__SCENARIO": "idle"}).simulation.scenario == "idle"
+
+
+def test_serve_with_a_device_the_node_lacks_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fake_nvml import Clock, FakeGpu, FakeNvml
+
+    from exporter import cli
+
+    fake = FakeNvml([FakeGpu(uuid="GPU-0"), FakeGpu(uuid="GPU-1")], Clock())
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    code = cli.main(["serve", "--devices", "0,7", "--listen-address", "127.0.0.1:0"])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        "tpw-exporter: config error: nvml.devices: GPU index 7 is not on this node (it has 2 GPU(s): 0..1)"
+    )

@@ -11,7 +11,7 @@ import pytest
 from fake_nvml import Clock, FakeGpu, FakeNvml
 
 from exporter.sources.base import SourceError
-from exporter.sources.nvml import NvmlSource
+from exporter.sources.nvml import DeviceSelectionError, NvmlSource
 
 SM_UTIL = pynvml.NVML_GPM_METRIC_SM_UTIL
 TENSOR = pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL
@@ -222,3 +222,116 @@ def test_close_frees_gpm_samples_and_shuts_nvml_down() -> None:
     asyncio.run(source.close())
     assert fake.calls["nvmlGpmSampleFree"] == 4
     assert fake.calls["nvmlShutdown"] == 1
+
+
+def test_gpm_is_right_on_every_gpu_of_a_multi_gpu_node() -> None:
+    """NVML's GPM calls share scratch state (the fake models it): they must never run at the same time.
+
+    Each GPU runs a different load; every GPM call lasts 10 ms in the fake, so per-GPU threads calling GPM
+    concurrently (as the exporter did before, and as the 2×H100 showed wrong ratios) overlap and mix the
+    GPUs' counters here too.
+    """
+    clock = Clock()
+    fake = FakeNvml([FakeGpu(uuid=f"GPU-{i}") for i in range(4)], clock, gpm_call_seconds=0.01)
+    for index in range(4):
+        fake.set_activity(index, SM_UTIL, 20.0 * (index + 1))
+        fake.set_activity(index, DRAM, 90.0 - 20.0 * index)
+    source = NvmlSource(fake, clock=clock, gpu_timeout_seconds=2.0)
+
+    async def run() -> list[list[tuple[float, float]]]:
+        ticks = []
+        await source.collect()
+        for _ in range(4):
+            clock.advance(1.0)
+            collected = await source.collect()
+            ticks.append(
+                [
+                    (gpu.profiling.ratios["sm_active"], gpu.profiling.ratios["dram_bandwidth_utilization"])
+                    for gpu in collected.gpus
+                    if gpu.profiling is not None
+                ]
+            )
+        await source.close()
+        return ticks
+
+    for tick in asyncio.run(run()):
+        assert tick == [(pytest.approx(0.2 * (i + 1)), pytest.approx(0.9 - 0.2 * i)) for i in range(4)]
+    assert fake.gpm_overlaps == 0
+
+
+def test_a_hung_gpm_call_pauses_profiling_but_no_gpu_goes_down() -> None:
+    clock = Clock()
+    fake = FakeNvml([FakeGpu(uuid="GPU-0"), FakeGpu(uuid="GPU-1")], clock)
+    fake.set_activity(0, SM_UTIL, 50.0)
+    source = NvmlSource(fake, clock=clock, gpu_timeout_seconds=0.2)
+    gate = threading.Event()
+    original = fake.nvmlGpmSampleGet
+
+    def hanging_sample_get(handle: int, sample: object) -> None:
+        if handle == 1:
+            gate.wait(10)
+        original(handle, sample)
+
+    async def run() -> None:
+        await source.collect()
+        fake.nvmlGpmSampleGet = hanging_sample_get  # type: ignore[method-assign]
+        clock.advance(1.0)
+        first = await source.collect()
+        assert all(gpu.up for gpu in first.gpus)
+        assert first.gpus[0].profiling is not None  # GPU 0 was done before GPU 1's call hung
+        assert first.gpus[1].profiling is None
+        clock.advance(1.0)
+        second = await source.collect()
+        assert all(gpu.up and gpu.profiling is None for gpu in second.gpus)
+        gate.set()
+        await asyncio.sleep(0.05)
+        fake.nvmlGpmSampleGet = original  # type: ignore[method-assign]
+        clock.advance(1.0)
+        third = await source.collect()
+        assert third.gpus[0].profiling is not None
+        assert third.gpus[0].profiling.ratios["sm_active"] == pytest.approx(0.5)
+        await source.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("devices", "indices"), [(None, [0, 1, 2]), ([2, 0], [0, 2]), (["GPU-1"], [1]), ([1, "GPU-1"], [1])]
+)
+def test_devices_select_gpus_by_index_or_uuid(devices: list[int | str] | None, indices: list[int]) -> None:
+    clock = Clock()
+    fake = FakeNvml([FakeGpu(uuid=f"GPU-{i}") for i in range(3)], clock)
+    source = NvmlSource(fake, clock=clock, devices=devices)
+    collected = collect(source)
+    assert [gpu.info.index for gpu in collected.gpus] == indices
+    assert [gpu.info.uuid for gpu in collected.gpus] == [f"GPU-{i}" for i in indices]
+
+
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        ([3], "nvml.devices: GPU index 3 is not on this node (it has 2 GPU(s): 0..1)"),
+        (["GPU-nope"], "nvml.devices: no GPU with UUID GPU-nope on this node"),
+    ],
+)
+def test_unknown_device_is_named(devices: list[int | str], message: str) -> None:
+    clock = Clock()
+    fake = FakeNvml([FakeGpu(uuid=f"GPU-{i}") for i in range(2)], clock)
+    source = NvmlSource(fake, clock=clock, devices=devices)
+    with pytest.raises(DeviceSelectionError) as raised:
+        source.initialise()
+    assert str(raised.value) == message
+    with pytest.raises(SourceError, match="GPU"):  # later, in the daemon: source up 0 with the reason
+        collect(source)
+
+
+def test_per_process_sm_share_is_read_only_when_processes_share_a_gpu() -> None:
+    fake, source, _ = make(2)
+    fake.gpus[0].processes = (11, 22)
+    fake.gpus[0].process_sm = {11: 60.0, 22: 20.0}
+    fake.gpus[1].processes = (33,)
+    fake.gpus[1].process_sm = {33: 90.0}
+    collected = collect(source)
+    assert collected.gpus[0].process_sm_ratios == ((11, pytest.approx(0.6)), (22, pytest.approx(0.2)))
+    assert collected.gpus[1].process_sm_ratios == ()
+    assert fake.calls["nvmlDeviceGetProcessUtilization"] == 1

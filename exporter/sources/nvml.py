@@ -4,6 +4,13 @@ Each GPU is read by its own `GpuReader` in a worker thread: NVML's ctypes calls 
 GPUs cost about as long as the slowest one (the energy counter, ~3 ms on an H100). GPM metrics are
 computed between the previous tick's GPM sample and this tick's, so their window equals the interval.
 
+NVML's GPM entry points are not safe to call from several threads at once. On a 2×H100 node
+(driver 580.159.04), `nvmlGpmSampleGet` for one GPU running while `nvmlGpmMetricsGet` ran for another
+returned doubled or zero SM, occupancy and tensor ratios and DRAM at twice its value, and crashed the
+process (SIGSEGV with one thread in each call); with every GPM call serialised the values matched raw
+pynvml in every run (docs/multi-gpu.md). So one thread, `nvml-gpm`, owns every GPM call of every GPU,
+and runs alongside the per-GPU readers: the serial GPM work (~1 ms a GPU) overlaps their energy reads.
+
 Failure policy:
 - no NVML library / no driver: `collect` raises SourceError (source up 0) and initialisation is retried
   with exponential backoff up to `nvml.retry_max_seconds`;
@@ -11,16 +18,18 @@ Failure policy:
   the other GPUs keep flowing;
 - a field the GPU does not support: that field is absent (not 0) and is not asked again;
 - a read that hangs past the GPU time limit: that GPU reports up 0; it is not asked again until the
-  hung call returns, so hung calls never pile up threads.
+  hung call returns, so hung calls never pile up threads;
+- a GPM call that hangs: every GPU keeps reporting, without profiling metrics, until it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -51,6 +60,7 @@ GPM_RATE_METRICS: dict[str, int] = {
 # Return codes that mean the GPU itself is gone or unusable, not just one field.
 GPU_DOWN_CODES = frozenset({15, 16, 28, 999})  # GPU_IS_LOST, RESET_REQUIRED, GPU_NOT_FOUND, UNKNOWN
 NOT_SUPPORTED = 3
+NOT_FOUND = 6
 FIELD_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, milliwatts
 FIELD_TOTAL_ENERGY = 83  # NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, millijoules
 CLOCK_SM = 1  # NVML_CLOCK_SM
@@ -60,6 +70,10 @@ TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
 
 class GpuDown(Exception):
     """The GPU answered with a code that means it is gone; the message names the code."""
+
+
+class DeviceSelectionError(Exception):
+    """`nvml.devices` names a GPU this node does not have; the message names it and lists the GPUs."""
 
 
 def _text(value: bytes | str) -> str:
@@ -80,7 +94,8 @@ def _field_number(field_value: Any) -> float:
 
 
 class GpuReader:
-    """Reads one GPU. Only ever used from one thread at a time (the daemon waits for the last read)."""
+    """Reads one GPU. `read` runs on the GPU's worker thread, `read_profiling` only on the GPM thread; each
+    is never called again before its previous call returned."""
 
     def __init__(self, nvml: ModuleType, index: int, profiling: bool, clock: Callable[[], float]) -> None:
         self._nvml = nvml
@@ -92,6 +107,7 @@ class GpuReader:
         self.info = self._read_info(index, profiling)
         self._gpm_samples: list[Any] = []
         self._gpm_previous: tuple[Any, float] | None = None
+        self._process_utilization_seen = 0  # NVML timestamp (µs) of the newest per-process sample read
         if self.info.profiling_supported:
             self._gpm_samples = [nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()]
 
@@ -153,10 +169,10 @@ class GpuReader:
 
     # -- one tick ------------------------------------------------------------------------------------------
     def read(self) -> GpuSample:
+        """Everything but the GPM metrics (see `read_profiling`)."""
         try:
             return self._read()
         except GpuDown as exc:
-            self._gpm_previous = None
             return GpuSample(
                 info=self.info, up=False, error=f"GPU unavailable ({exc})", timestamp=self._clock()
             )
@@ -173,6 +189,7 @@ class GpuReader:
         temperature = self._optional("temperature", nvml.nvmlDeviceGetTemperature, handle, TEMPERATURE_GPU)
         reasons = self._clock_event_reasons()
         processes = self._optional("processes", nvml.nvmlDeviceGetComputeRunningProcesses, handle)
+        process_ids = tuple(sorted({int(p.pid) for p in processes})) if processes else ()
         return GpuSample(
             info=self.info,
             timestamp=started,
@@ -187,8 +204,8 @@ class GpuReader:
             memory_clock_hertz=mem_mhz * 1e6 if mem_mhz is not None else None,
             temperature_celsius=float(temperature) if temperature is not None else None,
             clock_event_reasons=int(reasons) if reasons is not None else None,
-            profiling=self._profiling(),
-            process_ids=tuple(sorted({int(p.pid) for p in processes})) if processes else (),
+            process_ids=process_ids,
+            process_sm_ratios=self._process_sm_ratios() if len(process_ids) > 1 else (),
         )
 
     def _power_and_energy(self) -> tuple[float | None, float | None, float | None]:
@@ -218,6 +235,29 @@ class GpuReader:
             now = self._clock()
         return power, energy, (now if energy is not None else None)
 
+    def _process_sm_ratios(self) -> tuple[tuple[int, float], ...]:
+        """Mean SM utilisation (0..1) of each process since the last call, from NVML's per-process samples.
+
+        Asked only when several processes share the GPU: it is what splits the GPU's energy between the
+        endpoints on it. No samples since the last call (NVML_ERROR_NOT_FOUND) gives an empty tuple.
+        """
+        try:
+            samples = self._nvml.nvmlDeviceGetProcessUtilization(self.handle, self._process_utilization_seen)
+        except self._nvml.NVMLError as exc:
+            code = _error_code(exc)
+            if code in GPU_DOWN_CODES:
+                raise GpuDown(f"process_utilization: {exc}") from None
+            if code != NOT_FOUND:
+                self._report_once("process_utilization", code, str(exc))
+            return ()
+        except AttributeError:
+            return ()
+        totals: dict[int, list[float]] = {}
+        for sample in samples:
+            self._process_utilization_seen = max(self._process_utilization_seen, int(sample.timeStamp))
+            totals.setdefault(int(sample.pid), []).append(min(max(sample.smUtil / 100, 0.0), 1.0))
+        return tuple(sorted((pid, sum(values) / len(values)) for pid, values in totals.items()))
+
     def _clock_event_reasons(self) -> int | None:
         nvml, handle = self._nvml, self.handle
         getter = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
@@ -225,10 +265,21 @@ class GpuReader:
         )
         return self._optional("clock_event_reasons", getter, handle) if getter is not None else None
 
-    def _profiling(self) -> Profiling | None:
-        """GPM metrics between the previous tick's sample and this one; None on the first tick."""
+    def read_profiling(self) -> Profiling | None:
+        """GPM metrics between the previous sample and one taken now; None on the first call, when GPM is
+        unsupported or failed, or when the GPU is gone (the next call starts a new window).
+
+        Call only from the thread that owns GPM (see the module docstring).
+        """
         if not self.info.profiling_supported or "gpm" in self._unsupported:
             return None
+        try:
+            return self._profiling()
+        except GpuDown:
+            self._gpm_previous = None
+            return None
+
+    def _profiling(self) -> Profiling | None:
         nvml = self._nvml
         current = (
             self._gpm_samples[0]
@@ -271,8 +322,42 @@ class GpuReader:
         self._gpm_samples = []
 
 
+DeviceId = int | str  # an NVML index, or a GPU UUID ("GPU-…")
+
+
+def select_devices(nvml: ModuleType, count: int, wanted: Sequence[DeviceId] | None) -> list[int]:
+    """NVML indices of the GPUs to export: all of them, or those `wanted` names (indices or UUIDs).
+
+    Raises DeviceSelectionError naming the first device that is not on this node.
+    """
+    if wanted is None:
+        return list(range(count))
+    uuids: dict[str, int] | None = None
+    indices: list[int] = []
+    for item in wanted:
+        if isinstance(item, int):
+            if not 0 <= item < count:
+                raise DeviceSelectionError(
+                    f"nvml.devices: GPU index {item} is not on this node "
+                    f"(it has {count} GPU(s): 0..{count - 1})"
+                )
+            index = item
+        else:
+            if uuids is None:
+                uuids = {
+                    _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))): i for i in range(count)
+                }
+            if item not in uuids:
+                raise DeviceSelectionError(f"nvml.devices: no GPU with UUID {item} on this node")
+            index = uuids[item]
+        if index not in indices:
+            indices.append(index)
+    return sorted(indices)
+
+
 class NvmlSource(Source):
-    """All GPUs NVML sees, read concurrently, one worker thread per GPU."""
+    """The node's GPUs (or those `devices` names), read concurrently: one worker thread per GPU for the
+    plain fields, and one thread that owns every GPM call."""
 
     name = "nvml"
 
@@ -283,17 +368,22 @@ class NvmlSource(Source):
         profiling: bool = True,
         gpu_timeout_seconds: float = 0.8,
         retry_max_seconds: float = 60.0,
+        devices: Sequence[DeviceId] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._nvml_module = nvml
         self._profiling = profiling
         self._gpu_timeout = gpu_timeout_seconds
         self._retry_max = retry_max_seconds
+        self._devices = list(devices) if devices is not None else None
         self._clock = clock
         self._readers: list[GpuReader] = []
         self._node: NodeInfo | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._gpm_pool: ThreadPoolExecutor | None = None
         self._in_flight: dict[int, Future[GpuSample]] = {}
+        self._gpm_in_flight: Future[None] | None = None
+        self._gpm_stalled_logged = False
         self._next_attempt = 0.0
         self._initialising: asyncio.Future[None] | None = None
         self._backoff = 1.0
@@ -306,7 +396,11 @@ class NvmlSource(Source):
             self._nvml_module = pynvml
         return self._nvml_module
 
-    def _initialise(self) -> None:
+    def initialise(self) -> None:
+        """Open NVML and the selected GPUs now (blocking). SourceError when NVML is unavailable (the daemon
+        retries with backoff); DeviceSelectionError when `devices` names a GPU the node does not have."""
+        if self._pool is not None:
+            return
         nvml = self._module()
         try:
             nvml.nvmlInit()
@@ -315,9 +409,9 @@ class NvmlSource(Source):
         except OSError as exc:
             raise SourceError(f"NVML library could not be loaded: {exc}") from None
         try:
-            count = nvml.nvmlDeviceGetCount()
+            indices = select_devices(nvml, nvml.nvmlDeviceGetCount(), self._devices)
             readers = []
-            for index in range(count):
+            for index in indices:
                 try:
                     readers.append(GpuReader(nvml, index, self._profiling, self._clock))
                 except (nvml.NVMLError, GpuDown) as exc:
@@ -327,17 +421,28 @@ class NvmlSource(Source):
                 nvml_version=_text(nvml.nvmlSystemGetNVMLVersion()),
                 cuda_driver_version=_cuda_version(nvml),
             )
+        except DeviceSelectionError:
+            self._shutdown_nvml()
+            raise
         except nvml.NVMLError as exc:
             self._shutdown_nvml()
             raise SourceError(f"NVML device discovery failed: {exc}") from None
         self._readers = readers
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(readers)), thread_name_prefix="nvml-gpu")
+        self._gpm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml-gpm")
         log.info(
-            "NVML ready: %d GPU(s), driver %s, profiling on %d",
+            "NVML ready: %d GPU(s)%s, driver %s, profiling on %d",
             len(readers),
+            f" of {self._devices}" if self._devices is not None else "",
             self._node.driver_version,
             sum(r.info.profiling_supported for r in readers),
         )
+
+    def _initialise_for_tick(self) -> None:
+        try:
+            self.initialise()
+        except DeviceSelectionError as exc:  # the node changed since start-up: report it, keep retrying
+            raise SourceError(str(exc)) from None
 
     async def _ensure_initialised(self) -> None:
         """Initialise NVML in a worker thread, at most one attempt at a time, backing off after failures.
@@ -351,7 +456,7 @@ class NvmlSource(Source):
             now = self._clock()
             if now < self._next_attempt:
                 raise SourceError(f"NVML unavailable; next attempt in {self._next_attempt - now:.0f} s")
-            self._initialising = asyncio.get_running_loop().run_in_executor(None, self._initialise)
+            self._initialising = asyncio.get_running_loop().run_in_executor(None, self._initialise_for_tick)
         try:
             await asyncio.shield(self._initialising)
         except SourceError:
@@ -365,8 +470,14 @@ class NvmlSource(Source):
     # -- one tick --------------------------------------------------------------------------------------
     async def collect(self) -> Collected:
         await self._ensure_initialised()
-        samples = await asyncio.gather(*(self._read(reader) for reader in self._readers))
-        return Collected(gpus=tuple(samples), node=self._node)
+        *samples, profiles = await asyncio.gather(
+            *(self._read(reader) for reader in self._readers), self._read_profiles()
+        )
+        merged = tuple(
+            dataclasses.replace(sample, profiling=profiles.get(sample.info.index)) if sample.up else sample
+            for sample in samples
+        )
+        return Collected(gpus=merged, node=self._node)
 
     async def _read(self, reader: GpuReader) -> GpuSample:
         index = reader.info.index
@@ -384,12 +495,56 @@ class NvmlSource(Source):
             log.exception("gpu %d: read failed", index)
             return GpuSample(info=reader.info, up=False, error=f"read failed: {exc}")
 
+    async def _read_profiles(self) -> dict[int, Profiling]:
+        """Every profiled GPU's GPM window, one GPU after another on the GPM thread.
+
+        What is done within the GPU time limit is used; a GPU the job has not reached by then has no
+        profiling metrics this tick. While a job from an earlier tick still runs (a hung GPM call), no new
+        one starts and no GPU has profiling metrics.
+        """
+        readers = [reader for reader in self._readers if reader.info.profiling_supported]
+        if not readers or self._gpm_pool is None:
+            return {}
+        if self._gpm_in_flight is not None and not self._gpm_in_flight.done():
+            if not self._gpm_stalled_logged:
+                log.warning("GPM: a call from an earlier tick has not returned; profiling metrics paused")
+                self._gpm_stalled_logged = True
+            return {}
+        if self._gpm_stalled_logged:
+            log.info("GPM: calls return again; profiling metrics resume")
+            self._gpm_stalled_logged = False
+        results: dict[int, Profiling] = {}
+
+        def job() -> None:
+            for reader in readers:
+                profile = reader.read_profiling()
+                if profile is not None:
+                    results[reader.info.index] = profile
+
+        self._gpm_in_flight = self._gpm_pool.submit(job)
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(self._gpm_in_flight)), self._gpu_timeout
+            )
+        except asyncio.TimeoutError:
+            pass
+        except Exception:  # a bug in the GPM path must not hide the other metrics
+            log.exception("GPM: read failed")
+        return dict(results)
+
     async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        for pool in (self._pool, self._gpm_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._gpm_pool = None
+        gpm_idle = True
+        if self._gpm_in_flight is not None and not self._gpm_in_flight.done():
+            # Freeing GPM samples while the GPM thread is in a GPM call would be a concurrent GPM call.
+            done, _ = await asyncio.wait([asyncio.wrap_future(self._gpm_in_flight)], timeout=0.5)
+            gpm_idle = bool(done)
         for reader in self._readers:
-            reader.close()
+            if gpm_idle:
+                reader.close()
         self._readers = []
         self._shutdown_nvml()
 
