@@ -4,10 +4,21 @@
 - `gpus: all`: every GPU on the node.
 - `gpus: auto`: the process listening on the URL's local port, plus its descendants (psutil), matched with
   the PIDs NVML lists as compute processes on each GPU (for TGI, whose GPU shards are siblings of the
-  listening router under one launcher, the launcher's other children too). When that cannot work — a
-  remote URL, no visible listener (another PID namespace, or no permission), no matching GPU process — it
-  says why once in the log and in `/api/v1/snapshot` (`attribution_note`) and falls back to all GPUs.
-Process lookups are cached and refreshed every `refresh_seconds`, so the per-tick cost is a dict lookup.
+  listening router under one launcher, the launcher's other children too).
+
+`auto` over time. A lookup that finds the endpoint's GPUs is kept, refreshed every `refresh_seconds`, and
+redone at once when the endpoint comes (back) up, when its engine's process start time changes (a
+restart), or when none of its processes is on a GPU any more. Until a lookup succeeds the endpoint is
+`pending`: it has no GPUs and no energy-derived values (tokens per joule would otherwise use every GPU's
+energy), and the lookup is retried every tick at first, backing off to every `retry_max_seconds`. It falls
+back to all GPUs, saying why once in the log and in `/api/v1/snapshot` (`attribution_note`), only when
+waiting cannot help: a remote URL; an endpoint that answers while no listener is visible (another PID
+namespace, or no permission); or one that has answered for `pending_grace_seconds` with none of its
+processes on a GPU.
+
+A GPU shared by several endpoints has its energy split between them (`EndpointSample.gpu_shares`): by their
+processes' SM utilisation on it (NVML's per-process samples) when every one of them has known processes
+and some of them were busy, else evenly; the shares of a GPU add up to 1.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import psutil
@@ -82,6 +94,24 @@ def listener_process_tree(port: int, include_siblings: bool = False) -> set[int]
     return tree
 
 
+PENDING = "pending"
+
+
+@dataclass
+class _AutoState:
+    """What `auto` attribution remembers about one endpoint between ticks."""
+
+    pids: set[int] | None = None  # the process tree that matched GPUs; None while unresolved
+    resolved_at: float = 0.0
+    start_time: float | None = None  # the engine's process_start_time_seconds when resolved
+    next_attempt: float = 0.0
+    backoff: float = 0.0
+    was_up: bool = False
+    up_since: float | None = None  # when the endpoint last came up
+    failure: str | None = None  # why the last lookup found no GPU
+    hidden: bool = False  # the last lookup saw no listener at all
+
+
 class Attributor:
     """Daemon stage: resolves each endpoint's GPUs from config, or automatically from processes."""
 
@@ -92,20 +122,28 @@ class Attributor:
         find_pids: PidFinder = listener_process_tree,
         clock: Callable[[], float] = time.monotonic,
         addresses: Callable[[], set[str]] = local_addresses,
+        retry_max_seconds: float = 8.0,
+        pending_grace_seconds: float = 10.0,
     ) -> None:
         self._configs = {endpoint.name: endpoint for endpoint in endpoints}
         self._refresh = refresh_seconds
         self._find_pids = find_pids
         self._clock = clock
         self._addresses = addresses
-        self._pid_cache: dict[tuple[str, bool], tuple[float, set[int] | None]] = {}
+        self._retry_max = retry_max_seconds
+        self._grace = pending_grace_seconds
+        self._auto: dict[str, _AutoState] = {}
         self._notes: dict[str, str | None] = {}
 
     def __call__(self, snapshot: Snapshot) -> Snapshot:
         if not snapshot.endpoints:
             return snapshot
-        endpoints = tuple(self._attribute(endpoint, snapshot.gpus) for endpoint in snapshot.endpoints)
+        attributed = [self._attribute(endpoint, snapshot.gpus) for endpoint in snapshot.endpoints]
+        endpoints = share_gpus(attributed, snapshot.gpus, self._known_pids())
         return dataclasses.replace(snapshot, endpoints=endpoints)
+
+    def _known_pids(self) -> dict[str, set[int]]:
+        return {name: state.pids for name, state in self._auto.items() if state.pids is not None}
 
     def _attribute(self, endpoint: EndpointSample, gpus: tuple[GpuSample, ...]) -> EndpointSample:
         config = self._configs.get(endpoint.name)
@@ -114,7 +152,8 @@ class Attributor:
         if wanted == "all":
             indices, method, note = every, "all", None
         elif wanted == "auto":
-            indices, method, note = self._auto(endpoint, config, gpus)
+            assert config is not None
+            indices, method, note = self._auto_gpus(endpoint, config, gpus)
         else:
             indices, method, note = self._configured(wanted, gpus)
         self._log_note(endpoint.name, note)
@@ -138,50 +177,84 @@ class Attributor:
         note = f"configured GPUs not on this node: {', '.join(unknown)}" if unknown else None
         return tuple(sorted(indices)), "config", note
 
-    def _auto(
-        self, endpoint: EndpointSample, config: EndpointConfig | None, gpus: tuple[GpuSample, ...]
+    def _auto_gpus(
+        self, endpoint: EndpointSample, config: EndpointConfig, gpus: tuple[GpuSample, ...]
     ) -> tuple[tuple[int, ...], str, str | None]:
-        name = endpoint.name
         every = tuple(gpu.info.index for gpu in gpus)
-        assert config is not None
         parts = urlsplit(config.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if not is_local_host(host, self._addresses()):
             return every, "all", f"auto attribution needs a local URL; {host} is remote, so all GPUs are used"
-        pids = self._pids(name, port, include_siblings=False)
-        if not pids:
-            return (
-                every,
-                "all",
-                (
-                    f"no process listening on port {port} is visible (other PID namespace or no permission); "
-                    "all GPUs are used"
-                ),
-            )
-        matched = tuple(gpu.info.index for gpu in gpus if pids.intersection(gpu.process_ids))
-        if not matched and endpoint.engine in SIBLING_WORKER_ENGINES:
-            # TGI: the launcher spawns the listening router and the GPU shards side by side.
-            pids = self._pids(name, port, include_siblings=True) or pids
-            matched = tuple(gpu.info.index for gpu in gpus if pids.intersection(gpu.process_ids))
-        if not matched:  # looked up again after refresh_seconds (the engine may restart with new PIDs)
-            return (
-                every,
-                "all",
-                (
-                    f"none of the {len(pids)} process(es) behind port {port} runs on a GPU NVML reports "
-                    "(container PID namespace?); all GPUs are used"
-                ),
-            )
-        return matched, "auto", None
-
-    def _pids(self, name: str, port: int, include_siblings: bool) -> set[int] | None:
         now = self._clock()
-        cached = self._pid_cache.get((name, include_siblings))
-        if cached is None or now - cached[0] >= self._refresh:
-            cached = (now, self._find_pids(port, include_siblings))
-            self._pid_cache[(name, include_siblings)] = cached
-        return cached[1]
+        state = self._auto.setdefault(endpoint.name, _AutoState())
+        came_up = endpoint.up and not state.was_up
+        state.was_up = endpoint.up
+        if not endpoint.up:
+            state.up_since = None
+        elif state.up_since is None:
+            state.up_since = now
+        if state.pids is not None and self._must_redo(state, endpoint, gpus, came_up):
+            state.pids = None
+            state.next_attempt, state.backoff = now, 0.0
+        elif came_up:  # an unresolved endpoint that starts answering is looked up at once
+            state.next_attempt = now
+        if state.pids is None and now >= state.next_attempt:
+            self._look_up(state, endpoint, port, gpus, now)
+        elif state.pids is not None and now - state.resolved_at >= self._refresh:
+            self._look_up(state, endpoint, port, gpus, now)  # keeps the old tree if this one finds nothing
+        if state.pids is not None:
+            matched = tuple(gpu.info.index for gpu in gpus if state.pids.intersection(gpu.process_ids))
+            if matched:
+                return matched, "auto", None
+        failure = state.failure or f"no process behind port {port} found on a GPU yet"
+        waited = now - state.up_since if state.up_since is not None else 0.0
+        if endpoint.up and (state.hidden or waited >= self._grace):
+            return every, "all", f"{failure}; all GPUs are used"
+        return (), PENDING, f"{failure}; energy-derived values are withheld until its GPUs are known"
+
+    @staticmethod
+    def _must_redo(
+        state: _AutoState, endpoint: EndpointSample, gpus: tuple[GpuSample, ...], came_up: bool
+    ) -> bool:
+        """True when the kept process tree may be stale: the engine came (back) up, restarted, or left."""
+        assert state.pids is not None
+        started = endpoint.process_start_time_seconds
+        restarted = started is not None and state.start_time is not None and started != state.start_time
+        gone = not any(state.pids.intersection(gpu.process_ids) for gpu in gpus)
+        return came_up or restarted or gone
+
+    def _look_up(
+        self, state: _AutoState, endpoint: EndpointSample, port: int, gpus: tuple[GpuSample, ...], now: float
+    ) -> None:
+        pids = self._find_pids(port, False)
+        matched = bool(pids) and any(pids.intersection(gpu.process_ids) for gpu in gpus)  # type: ignore[arg-type]
+        if not matched and pids and endpoint.engine in SIBLING_WORKER_ENGINES:
+            # TGI: the launcher spawns the listening router and the GPU shards side by side.
+            pids = self._find_pids(port, True) or pids
+            matched = any(pids.intersection(gpu.process_ids) for gpu in gpus)
+        if matched:
+            assert pids is not None
+            state.pids, state.resolved_at = pids, now
+            state.start_time = endpoint.process_start_time_seconds
+            state.failure, state.hidden, state.backoff = None, False, 0.0
+            return
+        if state.pids is not None:  # a periodic refresh that found nothing: keep what still matches
+            state.resolved_at = now
+            return
+        state.hidden = not pids
+        if not pids:
+            state.failure = (
+                f"no process listening on port {port} is visible (not started yet, another PID namespace, "
+                "or no permission)"
+            )
+        else:
+            state.failure = (
+                f"none of the {len(pids)} process(es) behind port {port} runs on a GPU NVML reports "
+                "(still loading, or a container PID namespace?)"
+            )
+        state.backoff = min(max(2 * state.backoff, 1.0), self._retry_max)
+        state.next_attempt = now + state.backoff
 
     def _log_note(self, name: str, note: str | None) -> None:
         if self._notes.get(name, "unset") == note:
@@ -191,3 +264,40 @@ class Attributor:
         elif name in self._notes:
             log.info("endpoint %s: GPU attribution resolved", name)
         self._notes[name] = note
+
+
+def share_gpus(
+    endpoints: Sequence[EndpointSample], gpus: Sequence[GpuSample], pids: dict[str, set[int]]
+) -> tuple[EndpointSample, ...]:
+    """Fill each endpoint's `gpu_shares`: the part of each of its GPUs' energy that is its own.
+
+    A GPU with one endpoint is wholly that endpoint's. Several endpoints on one GPU split it by the SM
+    utilisation of their processes there when all of them have known processes (auto attribution) and the
+    GPU reported per-process samples with some activity; otherwise evenly.
+    """
+    owners: dict[int, list[str]] = {}
+    for endpoint in endpoints:
+        for index in endpoint.gpus:
+            owners.setdefault(index, []).append(endpoint.name)
+    by_index = {gpu.info.index: gpu for gpu in gpus}
+    shares: dict[tuple[str, int], float] = {}
+    for index, names in owners.items():
+        if len(names) == 1:
+            shares[(names[0], index)] = 1.0
+            continue
+        gpu = by_index.get(index)
+        busy = dict(gpu.process_sm_ratios) if gpu is not None else {}
+        activity = {
+            name: sum(busy.get(pid, 0.0) for pid in pids[name]) if name in pids else None for name in names
+        }
+        total = sum(value for value in activity.values() if value is not None)
+        if all(value is not None for value in activity.values()) and total > 0:
+            shares.update({(name, index): (activity[name] or 0.0) / total for name in names})
+        else:
+            shares.update({(name, index): 1.0 / len(names) for name in names})
+    return tuple(
+        dataclasses.replace(
+            endpoint, gpu_shares=tuple(shares[(endpoint.name, index)] for index in endpoint.gpus)
+        )
+        for endpoint in endpoints
+    )

@@ -72,7 +72,7 @@ class Thresholds:
              (the engine is busy but the SMs are not: launch- or synchronization-bound)
     mixed    anything else (e.g. a decode batch near the ridge point: tensor and DRAM both substantial)
 
-    Calibrated on shared/h100-reference.md; see tests/test_bound.py for every reference row.
+    Calibrated on docs/h100-reference.md; see tests/test_bound.py for every reference row.
     """
 
     idle_graphics_below: float = 0.05
@@ -201,6 +201,7 @@ class EndpointStep:
     seconds: float  # between the two reads of its page
     increases: dict[str, float]  # counter field → summed increase (only fields readable at both ends)
     gpus: tuple[int, ...]  # attribution at the end of the step
+    shares: tuple[float, ...] = ()  # per GPU: the part of its energy that is this endpoint's (default 1)
 
 
 def _energy_time(gpu: GpuSample, fallback: float) -> float:
@@ -247,7 +248,7 @@ def endpoint_step(
         for name in COUNTER_FIELDS
         if (increase := field_increase(previous, current, name)) is not None
     }
-    return EndpointStep(seconds, increases, current.gpus)
+    return EndpointStep(seconds, increases, current.gpus, current.gpu_shares)
 
 
 def main_field_candidates(unit: str) -> tuple[str, ...]:
@@ -354,6 +355,9 @@ def window_sums(first: array[float] | None, last: array[float] | None, layout: M
 def endpoint_contribution(step: EndpointStep, gpu_steps: Sequence[GpuStep | None]) -> Sums:
     """What one endpoint step adds: its rates, and its energy and utilization when all its GPUs had them.
 
+    The energy is each attributed GPU's energy times this endpoint's share of that GPU (see
+    `exporter.attribution.share_gpus`), so the endpoints on a shared GPU add up to the GPU's energy.
+
     Keys: `steps`, `seconds`, `n:F`/`sum:F` per counter field F (steps having F, its increase); `e:`
     the same over the steps where every attributed GPU had an energy increase, plus `e:energy` and
     `e:seconds` (energy-clock time); `u:` over those where every GPU also reported its utilization:
@@ -367,8 +371,10 @@ def endpoint_contribution(step: EndpointStep, gpu_steps: Sequence[GpuStep | None
     known = [gpu for gpu in gpu_steps if gpu is not None]
     if not step.gpus or len(known) != len(gpu_steps):
         return contribution
+    shares = step.shares if len(step.shares) == len(known) else (1.0,) * len(known)
     contribution["e:steps"] = 1.0
-    contribution["e:energy"] = sum(gpu.energy_joules for gpu in known)
+    energies = (gpu.energy_joules * share for gpu, share in zip(known, shares, strict=True))
+    contribution["e:energy"] = sum(energies)
     contribution["e:seconds"] = sum(gpu.seconds for gpu in known) / len(known)
     for name, increase in step.increases.items():
         contribution[f"e:n:{name}"] = 1.0

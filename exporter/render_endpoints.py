@@ -62,8 +62,20 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
     attribution = GaugeMetricFamily(
         "tpw_endpoint_gpu_info",
         "Always 1: a GPU attributed to the endpoint; "
-        "attribution = config | auto | all (fallback: every GPU).",
+        "attribution = config | auto | all (fallback: every GPU); none while auto is pending.",
         labels=["endpoint", "gpu", "attribution"],
+    )
+    share = GaugeMetricFamily(
+        "tpw_endpoint_gpu_energy_share_ratio",
+        "Part of the GPU's energy counted as the endpoint's (1 unless endpoints share the GPU: then split by "
+        "their processes' SM utilisation, or evenly); a GPU's shares add up to 1.",
+        labels=["endpoint", "gpu"],
+    )
+    pending = GaugeMetricFamily(
+        "tpw_endpoint_attribution_pending",
+        "1 while gpus: auto has not found the endpoint's GPUs yet (its energy-derived metrics are absent "
+        "meanwhile), else 0.",
+        labels=["endpoint"],
     )
     start = GaugeMetricFamily(
         "tpw_endpoint_process_start_time_seconds",
@@ -79,9 +91,12 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
         resets.add_metric([endpoint.name], float(endpoint.counter_resets_total))
         for gpu in endpoint.gpus:
             attribution.add_metric([endpoint.name, str(gpu), endpoint.attribution], 1.0)
+        for gpu, part in zip(endpoint.gpus, endpoint.gpu_shares, strict=False):
+            share.add_metric([endpoint.name, str(gpu)], part)
+        pending.add_metric([endpoint.name], 1.0 if endpoint.attribution == "pending" else 0.0)
         if endpoint.process_start_time_seconds is not None:
             start.add_metric([endpoint.name], endpoint.process_start_time_seconds)
-    yield from (up, duration, info, errors, resets, attribution, start)
+    yield from (up, duration, info, errors, resets, attribution, share, pending, start)
 
 
 def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:

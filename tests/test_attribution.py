@@ -75,7 +75,9 @@ def test_auto_falls_back_to_all_and_says_why(caplog: pytest.LogCaptureFixture) -
             find_pids=lambda port, siblings: {1},
         )
         hidden = attribute([config("h")], gpus((), ()), find_pids=lambda port, siblings: None)
-        foreign = attribute([config("f")], gpus((5,), (6,)), find_pids=lambda port, siblings: {7, 8})
+        foreign = attribute(
+            [config("f")], gpus((5,), (6,)), find_pids=lambda port, siblings: {7, 8}, pending_grace_seconds=0
+        )
     assert remote["r"].gpus == (0, 1) and "remote" in remote["r"].attribution_note
     assert hidden["h"].gpus == (0, 1) and "PID namespace" in hidden["h"].attribution_note
     assert foreign["f"].attribution == "all" and "none of the 2 process(es)" in foreign["f"].attribution_note
@@ -129,6 +131,7 @@ def test_other_engines_never_borrow_a_siblings_gpus() -> None:
         ),
         engine="vllm",
         find_pids=lambda port, s: trees[s],
+        pending_grace_seconds=0,
     )
     assert result["v"].attribution == "all" and "none of the 1 process(es)" in result["v"].attribution_note
 
@@ -184,3 +187,146 @@ def test_real_listener_process_tree_finds_a_server_and_its_child() -> None:
         for spawned in (process, sibling):
             spawned.kill()
             spawned.wait()
+
+
+class Node:
+    """An Attributor over a scripted node: GPU processes, the endpoint's state and its listener."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.clock = Clock()
+        self.listener: set[int] | None = None
+        self.lookups: list[float] = []
+        self.attributor = Attributor(
+            [config("e")], find_pids=self.find, clock=self.clock, addresses=lambda: set(), **kwargs
+        )
+
+    def find(self, port: int, siblings: bool) -> set[int] | None:
+        self.lookups.append(self.clock.now)
+        return self.listener
+
+    def tick(
+        self, *gpu_pids: tuple[int, ...], up: bool = True, started: float | None = None
+    ) -> EndpointSample:
+        snapshot = Snapshot(
+            tick=1,
+            wall_time=0,
+            monotonic_time=self.clock.now,
+            duration_seconds=0,
+            gpus=gpus(*gpu_pids),
+            endpoints=(
+                EndpointSample(name="e", engine="vllm", url="", up=up, process_start_time_seconds=started),
+            ),
+        )
+        result = self.attributor(snapshot).endpoints[0]
+        self.clock.advance(1.0)
+        return result
+
+
+def test_exporter_started_before_the_engine_is_pending_then_resolves_the_tick_it_comes_up() -> None:
+    node = Node()
+    for _ in range(5):  # the engine is loading: nothing listens yet, its page is refused
+        pending = node.tick((), (), up=False)
+        assert pending.attribution == "pending" and pending.gpus == () and pending.gpu_shares == ()
+        assert "withheld" in pending.attribution_note
+    assert len(node.lookups) < 5  # retried, backing off
+    node.listener = {40, 41}
+    resolved = node.tick((), (41,), up=True)  # it came up: looked up at once, whatever the backoff
+    assert (resolved.gpus, resolved.attribution, resolved.attribution_note) == ((1,), "auto", None)
+    assert resolved.gpu_shares == (1.0,)
+
+
+def test_unresolved_lookups_back_off_to_the_retry_maximum() -> None:
+    node = Node(retry_max_seconds=4, pending_grace_seconds=1000)
+    node.listener = {7}  # listening, but not on a GPU (yet)
+    for _ in range(16):
+        assert node.tick((99,), up=True).attribution == "pending"
+    assert node.lookups == [1000.0, 1001.0, 1003.0, 1007.0, 1011.0, 1015.0]
+
+
+def test_an_endpoint_answering_without_gpu_processes_falls_back_after_the_grace() -> None:
+    node = Node(pending_grace_seconds=3)
+    node.listener = {7}
+    states = [node.tick((99,), up=True).attribution for _ in range(5)]
+    assert states == ["pending", "pending", "pending", "all", "all"]
+
+
+def test_an_endpoint_answering_with_no_visible_listener_falls_back_at_once() -> None:
+    node = Node()  # another PID namespace: waiting cannot help
+    result = node.tick((5,), up=True)
+    assert result.attribution == "all" and result.gpus == (0,)
+    assert "PID namespace" in result.attribution_note
+
+
+def test_engine_restart_is_re_resolved_at_once() -> None:
+    node = Node()
+    node.listener = {10}
+    assert node.tick((10,), (), started=100.0).gpus == (0,)
+    node.listener = {20}  # restarted on the other GPU, with a new start time
+    assert node.tick((), (20,), started=200.0).gpus == (1,)
+
+
+def test_engine_that_left_its_gpus_is_pending_until_it_returns() -> None:
+    node = Node()
+    node.listener = {10}
+    assert node.tick((10,), ()).gpus == (0,)
+    node.listener = None
+    assert node.tick((), (), up=False).attribution == "pending"
+    node.listener = {30}
+    assert node.tick((), (30,), up=True).gpus == (1,)
+
+
+def test_a_shared_gpu_is_split_by_process_sm_share_and_shares_add_up_to_one() -> None:
+    trees = {8000: {100}, 9000: {200}, 9100: {300}}
+    shared = GpuSample(
+        info=GpuInfo(index=0, uuid="GPU-0", name="H100"),
+        process_ids=(100, 200),
+        process_sm_ratios=((100, 0.6), (200, 0.2)),
+    )
+    alone = GpuSample(info=GpuInfo(index=1, uuid="GPU-1", name="H100"), process_ids=(300,))
+    result = attribute(
+        [config("a"), config("b", url="http://127.0.0.1:9000/"), config("c", url="http://127.0.0.1:9100/")],
+        (shared, alone),
+        find_pids=lambda port, siblings: trees.get(port),
+    )
+    assert result["a"].gpu_shares == (pytest.approx(0.75),)
+    assert result["b"].gpu_shares == (pytest.approx(0.25),)
+    assert result["c"].gpus == (1,) and result["c"].gpu_shares == (1.0,)
+
+
+def test_a_shared_gpu_without_process_samples_or_known_processes_is_split_evenly() -> None:
+    idle = gpus((100, 200), ())  # no per-process samples: nobody was busy
+    trees = {8000: {100}, 9000: {200}}
+    result = attribute(
+        [config("a"), config("b", url="http://127.0.0.1:9000/")],
+        idle,
+        find_pids=lambda port, siblings: trees.get(port),
+    )
+    assert result["a"].gpu_shares == result["b"].gpu_shares == (0.5,)
+    configured = attribute([config("x", gpus=[0, 1]), config("y", gpus=[1])], gpus((), ()))
+    assert configured["x"].gpu_shares == (1.0, 0.5) and configured["y"].gpu_shares == (0.5,)
+
+
+def test_pending_and_shares_are_rendered() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.render import Renderer
+    from exporter.render_endpoints import endpoint_families
+
+    endpoints = (
+        EndpointSample(name="p", engine="vllm", url="", up=False, attribution="pending"),
+        EndpointSample(
+            name="a", engine="vllm", url="", gpus=(0, 1), gpu_shares=(1.0, 0.25), attribution="auto"
+        ),
+    )
+    snapshot = Snapshot(tick=1, wall_time=0, monotonic_time=0, duration_seconds=0, endpoints=endpoints)
+    text = Renderer(extra=[endpoint_families]).render(snapshot).text.decode()
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(("tpw_endpoint_attribution", "tpw_endpoint_gpu"))
+    }
+    assert values[("tpw_endpoint_attribution_pending", (("endpoint", "p"),))] == 1.0
+    assert values[("tpw_endpoint_attribution_pending", (("endpoint", "a"),))] == 0.0
+    assert values[("tpw_endpoint_gpu_energy_share_ratio", (("endpoint", "a"), ("gpu", "1")))] == 0.25
+    assert not any(name == "tpw_endpoint_gpu_info" and ("endpoint", "p") in labels for name, labels in values)

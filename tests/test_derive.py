@@ -84,6 +84,8 @@ def endpoint(
     work: float | None = None,
     up: bool = True,
     extra: Sequence[EndpointValue] = (),
+    shares: Sequence[float] = (),
+    attribution: str = "config",
 ) -> EndpointSample:
     values: list[EndpointValue] = list(extra)
     if generated is not None:
@@ -105,6 +107,8 @@ def endpoint(
         timestamp=t + 0.003 if up else 0.0,
         values=tuple(values) if up else (),
         gpus=tuple(gpus),
+        gpu_shares=tuple(shares),
+        attribution=attribution,
     )
 
 
@@ -338,26 +342,58 @@ def test_a_replaced_gpu_is_not_a_counter_step() -> None:
     assert g.power_watts == pytest.approx(300)
 
 
-def test_shared_gpu_counts_in_both_endpoints_and_powers_add_per_gpu() -> None:
+def test_a_shared_gpu_is_split_by_shares_so_endpoint_energies_add_up_to_the_gpus() -> None:
     snapshots = [
         snap(
             t,
             [gpu(0, t, energy=200.0 * t, utilization=0.5), gpu(1, t, energy=600.0 * t, utilization=1.0)],
             [
-                endpoint(t, name="a", generated=10.0 * t, gpus=(0, 1)),
-                endpoint(t, name="b", generated=30.0 * t, gpus=(1,), model="mistral"),
+                endpoint(t, name="a", generated=10.0 * t, gpus=(0, 1), shares=(1.0, 0.25)),
+                endpoint(t, name="b", generated=30.0 * t, gpus=(1,), shares=(0.75,), model="mistral"),
             ],
         )
         for t in range(6)
     ]
     derived = run(Deriver(window=100), snapshots)
     a, b = derived.endpoints
-    assert a.power_watts == pytest.approx(800) and b.power_watts == pytest.approx(600)
-    assert a.tokens_per_joule == pytest.approx(10 / 800) and b.tokens_per_joule == pytest.approx(30 / 600)
+    assert a.power_watts == pytest.approx(200 + 150) and b.power_watts == pytest.approx(450)
+    assert a.power_watts + b.power_watts == pytest.approx(sum(g.power_watts or 0 for g in derived.gpus))
+    assert a.tokens_per_joule == pytest.approx(10 / 350) and b.tokens_per_joule == pytest.approx(30 / 450)
     assert a.gpu_utilization_ratio == pytest.approx(0.75)
     assert a.tokens_per_busy_gpu_second == pytest.approx(10 / 1.5)
     assert b.model == "mistral"
-    assert sum(g.power_watts or 0 for g in derived.gpus) == pytest.approx(800)
+
+
+def test_without_shares_each_attributed_gpu_counts_whole() -> None:
+    snapshots = [
+        snap(t, [gpu(0, t, energy=200.0 * t)], [endpoint(t, generated=10.0 * t, gpus=(0,))]) for t in range(4)
+    ]
+    assert only_endpoint(run(Deriver(window=100), snapshots)).power_watts == pytest.approx(200)
+
+
+def test_pending_attribution_withholds_energy_values_but_keeps_rates() -> None:
+    def at(t: int) -> Snapshot:
+        pending = t < 3
+        return snap(
+            t,
+            [gpu(0, t, energy=200.0 * t), gpu(1, t, energy=100.0 * t)],
+            [
+                endpoint(
+                    t,
+                    generated=10.0 * t,
+                    gpus=() if pending else (1,),
+                    shares=() if pending else (1.0,),
+                    attribution="pending" if pending else "auto",
+                )
+            ],
+        )
+
+    deriver = Deriver(window=100)
+    early = run(deriver, [at(t) for t in range(3)])
+    assert only_endpoint(early).generation_tokens_per_second == pytest.approx(10)
+    assert only_endpoint(early).tokens_per_joule is None and only_endpoint(early).energy_joules is None
+    later = run(deriver, [at(t) for t in range(3, 6)])
+    assert only_endpoint(later).tokens_per_joule == pytest.approx(10 / 100)  # GPU 1 alone, never GPU 0
 
 
 def test_models_are_summed_and_labelled() -> None:
