@@ -39,7 +39,7 @@ from exporter.scenarios import WORKLOADS, Scenario
 from exporter.sources.simulated import SimulatedSource
 
 IDLE_WATTS = WORKLOADS["idle"].power_watts
-ENERGY_UPDATE_SECONDS = 0.1  # the H100's energy counter advances every 100 ms (shared/h100-reference.md)
+ENERGY_UPDATE_SECONDS = 0.1  # the H100's energy counter advances every 100 ms (docs/h100-reference.md)
 ENERGY_UPDATE_PHASE = 0.043
 ENGINE_READ_DELAY = 0.005  # the exporter reads the engine a few ms after the GPUs, in the same tick
 

@@ -6,7 +6,8 @@ For each GPU index given, starts `decode_workload.py` on that GPU (its own proce
 /metrics on a free port), plus one decoy process that serves a /metrics page but uses no GPU. Then runs
 `tpw-exporter serve` with every one of them as a `generic` endpoint with `gpus: auto`, and checks, from
 `/api/v1/snapshot`, that each workload's endpoint is attributed to exactly its GPU (`attribution: auto`)
-and the decoy falls back to all GPUs with a reason. Exits non-zero on any mismatch. On a multi-GPU node,
+and the decoy falls back to all GPUs with a reason (after `pending` for the exporter's grace period, since it
+answers with no process on a GPU). Exits non-zero on any mismatch. On a multi-GPU node,
 `--gpus 0,1,2` checks that several endpoints are attributed apart.
 """
 
@@ -116,7 +117,8 @@ def main() -> int:
                 name in results and results[name]["up"] and results[name]["attribution"] == "auto"
                 for name in (e["name"] for e in endpoints if e["expect"] is not None)
             )
-            if settled and "decoy" in results:
+            # The decoy answers but runs on no GPU: pending for the exporter's grace, then all GPUs.
+            if settled and results.get("decoy", {}).get("attribution") == "all":
                 break
         all_gpus = sorted(g["info"]["index"] for g in snapshot.get("gpus", []))
     finally:

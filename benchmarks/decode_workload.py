@@ -4,7 +4,7 @@
 
 Each step multiplies a [BATCH, hidden] activation through `layers` random [hidden, hidden] weight matrices
 (bf16 on CUDA) with a tanh after each, then synchronizes: the shape of one decode step of a transformer's
-weight-streaming part, as in shared/h100-reference.md's batch table. Nothing is downloaded. Every step adds
+weight-streaming part, as in docs/h100-reference.md's batch table. Nothing is downloaded. Every step adds
 BATCH to `decode_generation_tokens_total`; each of the BATCH sequences finishes after
 `--tokens-per-request` steps, adding BATCH to `decode_requests_total`. `decode_steps_total` counts steps.
 
