@@ -4,7 +4,7 @@ Pure functions of the time since the simulation started (no I/O, no clock), shar
 (`exporter.sources.simulated`), the simulated serving engine (`exporter.sources.simulated_engine`), the
 config's list of scenarios, and the benchmarks that need the ground truth.
 
-Numbers follow the H100 reference measurements (`shared/h100-reference.md`): the same NVML utilisation,
+Numbers follow the H100 reference measurements (`docs/h100-reference.md`): the same NVML utilisation,
 GPM ratios and power for idle, a bf16 GEMM (compute-bound), a device-to-device copy (memory-bound), a
 tiny-kernel loop (launch-bound) and the decode loop at batch 16, 64 and 256. The energy counter is the exact
 integral of power.

@@ -1,4 +1,4 @@
-"""Roofline bound classification against every row of shared/h100-reference.md and the seed's table.
+"""Roofline bound classification against every row of docs/h100-reference.md and the seed's table.
 
 The ratios are the reference file's GPM percentages / 100, exactly as measured on an H100 80GB HBM3.
 Each row goes through the whole path: GPM windows in snapshots → Deriver → window-mean evidence →
@@ -28,7 +28,7 @@ def gpm(graphics: float, sm: float, occupancy: float, tensor: float, dram: float
     }
 
 
-# shared/h100-reference.md, "NVML GPM metrics over a 1 s window, one workload at a time".
+# docs/h100-reference.md, "NVML GPM metrics over a 1 s window, one workload at a time".
 WORKLOADS = [
     ("idle", gpm(0.0, 0.0, 0.0, 0.0, 0.001), "idle"),
     ("bf16 GEMM 8192^3", gpm(99.2, 95.8, 14.2, 93.0, 25.5), "compute"),
@@ -36,7 +36,7 @@ WORKLOADS = [
     ("1000 tiny kernels then sync", gpm(35.9, 0.035, 0.002, 0.0, 0.001), "latency"),
 ]
 
-# shared/h100-reference.md, "A decode-like loop across batch sizes" (bf16, 8 × [B,4096]×[4096,4096]).
+# docs/h100-reference.md, "A decode-like loop across batch sizes" (bf16, 8 × [B,4096]×[4096,4096]).
 # The ridge point is ~300 FLOP/byte, so decode is memory-bound up to batch 64, mixed near the ridge (256:
 # tensor 35 % and DRAM 43 % both substantial) and compute-bound from 512 on.
 DECODE_BATCHES = [

@@ -13,7 +13,7 @@ from exporter.sources.simulated import SimulatedSource
 
 
 def test_workloads_follow_the_h100_reference_table() -> None:
-    # shared/h100-reference.md: GEMM tensor 93 %, copy DRAM 89.5 %, tiny kernels util 36 % with SMs idle.
+    # docs/h100-reference.md: GEMM tensor 93 %, copy DRAM 89.5 %, tiny kernels util 36 % with SMs idle.
     assert WORKLOADS["compute-bound"].tensor_active == pytest.approx(0.93)
     assert WORKLOADS["memory-bound"].dram_bandwidth_utilization == pytest.approx(0.895)
     assert WORKLOADS["launch-bound"].utilization == pytest.approx(0.36)
