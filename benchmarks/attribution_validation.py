@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
-from common import REPO, exporter_env, free_port, verdict
+from common import REPO, exporter_env, free_port, start_exporter, stop, verdict
 
 WORKLOAD = REPO / "benchmarks" / "decode_workload.py"
 DECOY = (
@@ -84,24 +82,7 @@ def main() -> int:
                 for e in endpoints
             ],
         }
-        config_file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)  # noqa: SIM115
-        json.dump(config, config_file)  # JSON is YAML
-        config_file.close()
-        exporter_port = free_port()
-        exporter = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "serve",
-                "--config",
-                config_file.name,
-                "--listen-address",
-                f"127.0.0.1:{exporter_port}",
-            ],
-            cwd=REPO,
-            env=env,
-        )
+        exporter, exporter_port = start_exporter(["serve"], config, env)
         children.append(exporter)
 
         deadline = time.monotonic() + options.seconds
@@ -122,13 +103,7 @@ def main() -> int:
                 break
         all_gpus = sorted(g["info"]["index"] for g in snapshot.get("gpus", []))
     finally:
-        for child in reversed(children):
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop(children, timeout=15)
 
     failures = []
     print(f"{'endpoint':<14} {'up':<3} {'attribution':<12} {'gpus':<10} {'expected':<10} note")

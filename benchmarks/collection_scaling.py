@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import REPO, exporter_env, free_port, scrape_at_random_phases
+from common import scrape_at_random_phases, start_exporter, stop
 
 from exporter.sources.nvml import NvmlSource
 
@@ -82,25 +79,13 @@ async def median_collect_ms(source: NvmlSource, ticks: int) -> float:
 
 def serve_scrape_latency(devices: list[int], seconds: float) -> dict[str, float]:
     """Latency of /metrics from `serve --devices …` scraped at random phases of its 1 s tick."""
-    port = free_port()
-    command = [sys.executable, "-m", "exporter", "serve", "--interval", "1"]
-    command += ["--devices", ",".join(map(str, devices)), "--listen-address", f"127.0.0.1:{port}"]
-    process = subprocess.Popen(command, cwd=REPO, env=exporter_env(), stderr=subprocess.DEVNULL)
+    args = ["serve", "--interval", "1", "--devices", ",".join(map(str, devices))]
+    process, port = start_exporter(args, quiet=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit("exporter did not become ready") from None
-                time.sleep(0.2)
         time.sleep(2.5)  # GPM windows from the second tick on
         return scrape_at_random_phases(port, seconds)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
+        stop([process], timeout=10)
 
 
 def real(ticks: int, scrape_seconds: float) -> int:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import random
+import signal
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,3 +68,42 @@ def scrape_at_random_phases(port: int, seconds: float, rate: float = 10.0) -> di
         "max": latencies[-1],
         "scrapes": float(len(latencies)),
     }
+
+
+def start_exporter(
+    args: list[str], config: dict | None = None, env: dict[str, str] | None = None, quiet: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`python -m exporter ARGS` on a free loopback port (with `config` written to a file for --config),
+    once its /readyz answers; exits the script if it stops or is not ready within 60 s. `quiet` drops its
+    log."""
+    port = free_port()
+    command = [sys.executable, "-m", "exporter", *args, "--listen-address", f"127.0.0.1:{port}"]
+    if config is not None:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config_file:
+            json.dump(config, config_file)  # JSON is YAML
+        command += ["--config", config_file.name]
+    log = subprocess.DEVNULL if quiet else None
+    process = subprocess.Popen(command, cwd=REPO, env=env or exporter_env(), stderr=log)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                return process, port
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"exporter exited with code {process.returncode}") from None
+            if time.monotonic() > deadline:
+                process.kill()
+                raise SystemExit("exporter not ready after 60 s") from None
+            time.sleep(0.2)
+
+
+def stop(processes: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """SIGTERM every process (last started first), then wait for each, killing any that outlasts `timeout`."""
+    for process in reversed(processes):
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()

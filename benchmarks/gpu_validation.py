@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 
-from common import REPO, exporter_env, free_port, verdict
+from common import exporter_env, start_exporter, stop, verdict
 
 # docs/h100-reference.md, percent: (nvidia-smi util, GRAPHICS, SM, OCCUPANCY, ANY_TENSOR, DRAM_BW, W)
 REFERENCE = {
@@ -82,21 +81,6 @@ MIXED_WINDOW_SECONDS = 4  # the derive window of the exporter, so the mixed phas
 def snapshot(port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/snapshot", timeout=5) as response:
         return json.load(response)
-
-
-def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("exporter exited early")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("exporter not ready after 60 s")
 
 
 def observe(port: int, gpus: list[int], samples: int) -> tuple[dict[int, dict[str, float]], dict]:
@@ -253,30 +237,15 @@ def main() -> int:
         run_workload(options.workload, options.seconds, int(options.gpus))
         return 0
 
-    port = free_port()
     env = {
         **exporter_env(),
         "TPW_DERIVE__WINDOW": str(MIXED_WINDOW_SECONDS),
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
     }
-    exporter = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "serve",
-            "--interval",
-            "1",
-            "--listen-address",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=REPO,
-        env=env,
-    )
+    exporter, port = start_exporter(["serve", "--interval", "1"], env=env)
     failures: list[str] = []
     rows: dict[int, list[tuple[str, dict[str, float]]]] = {}
     try:
-        wait_ready(port, exporter)
         gpus = gpu_list(options.gpus) or sorted(g["info"]["index"] for g in snapshot(port)["gpus"])
         for name in REFERENCE:
             workloads = Workloads(dict.fromkeys(gpus, name), options.seconds, env)
@@ -289,8 +258,7 @@ def main() -> int:
         if len(gpus) > 1:
             failures += mixed_phase(port, gpus, options.seconds, env)
     finally:
-        exporter.send_signal(signal.SIGTERM)
-        exporter.wait(timeout=10)
+        stop([exporter], timeout=10)
 
     for gpu, gpu_rows in rows.items():
         print_table(gpu, gpu_rows)

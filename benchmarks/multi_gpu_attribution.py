@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from common import REPO, exporter_env, free_port, verdict
+from common import REPO, exporter_env, free_port, start_exporter, stop, verdict
 
 TOKENS = "decode_generation_tokens_total"
 MAX_ERROR_PERCENT = 2.0
@@ -122,39 +120,14 @@ def main() -> int:
             for e in engines
         ],
     }
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config_file:
-        json.dump(config, config_file)  # JSON is YAML
     env = exporter_env()
-    port = free_port()
-    exporter = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "serve",
-            "--config",
-            config_file.name,
-            "--listen-address",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=REPO,
-        env=env,
-    )
+    exporter, port = start_exporter(["serve"], config, env)  # up before any engine starts
     children: list[subprocess.Popen[bytes]] = [exporter]
     failures: list[str] = []
     pending_seen: set[str] = set()
     first_up: dict[str, int] = {}
     resolved_at: dict[str, int] = {}
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the exporter is up before any engine starts
-            try:
-                get(f"http://127.0.0.1:{port}/readyz")
-                break
-            except OSError:
-                if time.monotonic() > deadline or exporter.poll() is not None:
-                    raise SystemExit("exporter did not become ready") from None
-                time.sleep(0.2)
         for engine in engines:
             engine.process = subprocess.Popen(
                 engine.command, env={**env, **engine.env}, stdout=subprocess.DEVNULL
@@ -195,13 +168,7 @@ def main() -> int:
         end = {e.name: (energy(e.gpus), token_count(e)) for e in measured}
         snapshot = json.loads(get(f"http://127.0.0.1:{port}/api/v1/snapshot"))
     finally:
-        for child in reversed(children):
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop(children)
         pynvml.nvmlShutdown()
 
     derived = {d["name"]: d for d in (snapshot.get("derived") or {}).get("endpoints", [])}
