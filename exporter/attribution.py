@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from exporter.config import EndpointConfig
-from exporter.model import EndpointSample, GpuSample, Snapshot
+from exporter.model import ATTRIBUTION_PENDING, EndpointSample, GpuSample, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,6 @@ def listener_process_tree(port: int, include_siblings: bool = False) -> set[int]
         except psutil.Error:
             continue
     return tree
-
-
-PENDING = "pending"
 
 
 @dataclass
@@ -211,7 +208,11 @@ class Attributor:
         waited = now - state.up_since if state.up_since is not None else 0.0
         if endpoint.up and (state.hidden or waited >= self._grace):
             return every, "all", f"{failure}; all GPUs are used"
-        return (), PENDING, f"{failure}; energy-derived values are withheld until its GPUs are known"
+        return (
+            (),
+            ATTRIBUTION_PENDING,
+            f"{failure}; energy-derived values are withheld until its GPUs are known",
+        )
 
     @staticmethod
     def _must_redo(
@@ -227,14 +228,13 @@ class Attributor:
     def _look_up(
         self, state: _AutoState, endpoint: EndpointSample, port: int, gpus: tuple[GpuSample, ...], now: float
     ) -> None:
-        pids = self._find_pids(port, False)
-        matched = bool(pids) and any(pids.intersection(gpu.process_ids) for gpu in gpus)  # type: ignore[arg-type]
+        pids = self._find_pids(port, False) or set()  # empty: no listener visible
+        matched = any(pids.intersection(gpu.process_ids) for gpu in gpus)
         if not matched and pids and endpoint.engine in SIBLING_WORKER_ENGINES:
             # TGI: the launcher spawns the listening router and the GPU shards side by side.
             pids = self._find_pids(port, True) or pids
             matched = any(pids.intersection(gpu.process_ids) for gpu in gpus)
         if matched:
-            assert pids is not None
             state.pids, state.resolved_at = pids, now
             state.start_time = endpoint.process_start_time_seconds
             state.failure, state.hidden, state.backoff = None, False, 0.0

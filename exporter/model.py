@@ -106,6 +106,10 @@ class EndpointValue:
     outcome: str | None = None  # only for requests_total: success | failure | aborted | other | unknown
 
 
+# `EndpointSample.attribution` of a `gpus: auto` endpoint whose GPUs are not known yet: it has no GPUs.
+ATTRIBUTION_PENDING = "pending"
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointSample:
     """One serving endpoint at one tick. `up` False: the scrape failed, `values` is empty."""

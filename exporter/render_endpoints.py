@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
-from exporter.model import EndpointSample, Snapshot
+from exporter.model import ATTRIBUTION_PENDING, EndpointSample, Snapshot
 
 # normalized field → (metric name without _total, help, is counter)
 SIMPLE_FIELDS: dict[str, tuple[str, str, bool]] = {
@@ -93,7 +93,7 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
             attribution.add_metric([endpoint.name, str(gpu), endpoint.attribution], 1.0)
         for gpu, part in zip(endpoint.gpus, endpoint.gpu_shares, strict=False):
             share.add_metric([endpoint.name, str(gpu)], part)
-        pending.add_metric([endpoint.name], 1.0 if endpoint.attribution == "pending" else 0.0)
+        pending.add_metric([endpoint.name], 1.0 if endpoint.attribution == ATTRIBUTION_PENDING else 0.0)
         if endpoint.process_start_time_seconds is not None:
             start.add_metric([endpoint.name], endpoint.process_start_time_seconds)
     yield from (up, duration, info, errors, resets, attribution, share, pending, start)

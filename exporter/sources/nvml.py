@@ -8,8 +8,9 @@ NVML's GPM entry points are not safe to call from several threads at once. On a 
 (driver 580.159.04), `nvmlGpmSampleGet` for one GPU running while `nvmlGpmMetricsGet` ran for another
 returned doubled or zero SM, occupancy and tensor ratios and DRAM at twice its value, and crashed the
 process (SIGSEGV with one thread in each call); with every GPM call serialised the values matched raw
-pynvml in every run (docs/multi-gpu.md). So one thread, `nvml-gpm`, owns every GPM call of every GPU,
-and runs alongside the per-GPU readers: the serial GPM work (~1 ms a GPU) overlaps their energy reads.
+pynvml in every run (docs/multi-gpu.md). So one thread, `nvml-gpm`, makes every GPM call of every GPU,
+beside the per-GPU readers. The GPM work (~2.2 ms a GPU on an H100) is thus serial, and the driver
+serialises part of the plain reads too: a 4-GPU tick took 21–26 ms against 5–7 ms for one GPU.
 
 Failure policy:
 - no NVML library / no driver: `collect` raises SourceError (source up 0) and initialisation is retried
