@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.derive import Deriver
+from exporter.demo.scenarios import WORKLOADS, Scenario
+from exporter.derive.window import Deriver
 from exporter.model import EndpointSample, EndpointValue, Snapshot
-from exporter.scenarios import WORKLOADS, Scenario
 from exporter.sources.simulated import SimulatedSource
 
 IDLE_WATTS = WORKLOADS["idle"].power_watts

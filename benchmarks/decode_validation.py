@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import REPO, free_port
 
 from exporter.daemon import Daemon, SnapshotStage
-from exporter.derive import Deriver
+from exporter.derive.window import Deriver
 from exporter.model import EndpointSample, EndpointValue
-from exporter.render import Renderer
-from exporter.render_derived import derived_families
+from exporter.render.derived import derived_families
+from exporter.render.exposition import Renderer
 from exporter.sources.base import Collected, Source, SourceError
 
 WORKLOAD = REPO / "benchmarks" / "decode_workload.py"

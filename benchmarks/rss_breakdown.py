@@ -66,7 +66,7 @@ def main() -> int:
     step("import fastapi, uvicorn")
     import exporter.cli
     import exporter.daemon
-    import exporter.render  # noqa: F401
+    import exporter.render.exposition  # noqa: F401
 
     step("import exporter")
     asyncio.run(collect_a_few())

@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 
 from exporter import __version__
 from exporter.model import Snapshot
-from exporter.render import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
+from exporter.render.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
 
 SNAPSHOT_JSON = TypeAdapter(Snapshot)
 

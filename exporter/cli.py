@@ -26,8 +26,8 @@ import yaml
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT, Config, ConfigError, EndpointConfig, load_config
-from exporter.derive import Deriver
-from exporter.scenarios import SCENARIOS
+from exporter.demo.scenarios import SCENARIOS
+from exporter.derive.window import Deriver
 from exporter.sources.base import Source, SourceError
 
 EXIT_CONFIG_ERROR = 2
@@ -81,7 +81,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 
 def scenario_help() -> str:
     """The demo's scenarios, one line each, with the alert each one makes fire."""
-    from exporter.scenarios import SCENARIO_SPECS
+    from exporter.demo.scenarios import SCENARIO_SPECS
 
     width = max(len(name) for name in SCENARIO_SPECS)
     lines = ["scenarios (phase = --phase-seconds):"]
@@ -239,12 +239,12 @@ def build_node(config: Config, command: str) -> Node:
     endpoints = list(config.endpoints)
     stop: list[Callable[[], None]] = []
     if command == "demo":
-        from exporter.sources.simulated import SimulatedSource
-        from exporter.sources.simulated_engine import (
+        from exporter.demo.engine import (
             DEMO_ENDPOINT_NAME,
             SimulatedEngine,
             SimulatedEngineServer,
         )
+        from exporter.sources.simulated import SimulatedSource
 
         simulation = config.simulation
         schedule = [(entry.scenario, entry.seconds) for entry in simulation.schedule or ()]
@@ -313,9 +313,9 @@ def serve(config: Config, command: str) -> int:
     from exporter.app import create_app
     from exporter.attribution import Attributor
     from exporter.daemon import Daemon, DaemonThread
-    from exporter.render import Renderer
-    from exporter.render_derived import derived_families
-    from exporter.render_endpoints import endpoint_families
+    from exporter.render.derived import derived_families
+    from exporter.render.endpoints import endpoint_families
+    from exporter.render.exposition import Renderer
 
     node = build_node(config, command)
     daemon = Daemon(

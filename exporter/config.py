@@ -27,14 +27,15 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.derive import Site, Thresholds
-from exporter.scenarios import SCENARIOS
+from exporter.demo.scenarios import SCENARIOS
+from exporter.derive.bound import Thresholds
+from exporter.derive.window import Site
 
 ENV_PREFIX = "TPW_"
 ENV_CONFIG_FILE = "TPW_CONFIG"
 DEFAULT_PORT = 9835
 
-# The one list of scenarios is exporter.scenarios.SCENARIOS (the CLI's --scenario choices too).
+# The one list of scenarios is exporter.demo.scenarios.SCENARIOS (the CLI's --scenario choices too).
 Scenario = Literal[SCENARIOS]  # type: ignore[valid-type]
 LogLevel = Literal["debug", "info", "warning", "error"]
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from exporter.model import EndpointSample, GpuSample, NodeInfo, Snapshot, SourceStatus
-from exporter.render import Exposition, Renderer
+from exporter.render.exposition import Exposition, Renderer
 from exporter.sources.base import Collected, Source, SourceError
 
 log = logging.getLogger(__name__)

@@ -143,7 +143,7 @@ class NodeInfo:
 
 @dataclass(frozen=True, slots=True)
 class DerivedEndpoint:
-    """One endpoint's values over the derive window (see `exporter.derive`); None means undefined: absent."""
+    """One endpoint's values over the derive window (`exporter.derive.window`); None: undefined, absent."""
 
     name: str
     model: str  # the single model served, "multiple" if several, "" if the engine has none

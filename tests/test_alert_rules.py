@@ -13,11 +13,11 @@ import yaml
 from helpers import REPO, promtool
 from rules.fast_rules import format_duration, parse_duration, scale_expression, scale_rules, write_scaled
 
+from exporter.demo.scenarios import SCENARIO_SPECS
 from exporter.model import EndpointSample, NodeInfo, Snapshot, SourceStatus
-from exporter.render import Renderer
-from exporter.render_derived import derived_families
-from exporter.render_endpoints import endpoint_families
-from exporter.scenarios import SCENARIO_SPECS
+from exporter.render.derived import derived_families
+from exporter.render.endpoints import endpoint_families
+from exporter.render.exposition import Renderer
 from exporter.sources.simulated import SimulatedSource
 
 RULES_DIR = REPO / "deploy" / "prometheus" / "rules"

@@ -3,7 +3,7 @@
 The real pipeline (exporter process → Prometheus) is exercised by tests/test_alerts_e2e.py with a
 time-scaled copy of the rules. This test covers every scenario at the shipped timings (`for: 10m`, `[1h]`
 windows, the default 60 s phases) without waiting hours: it samples the demo's own simulated node and
-engine (exporter.sources.simulated, …simulated_engine) every 30 s, writes the series the exporter serves
+engine (exporter.sources.simulated, exporter.demo.engine) every 30 s, writes the series the exporter serves
 for them (raw values; tokens/s, requests/s and power as Δcounter/Δt over the exporter's default 30 s derive
 window; the endpoint's utilization and each GPU's bound from the sample of that instant, which for these
 slowly moving scenarios equals the window mean the exporter uses), and has promtool evaluate
@@ -20,11 +20,11 @@ import pytest
 import yaml
 from helpers import REPO, promtool
 
-from exporter.derive import BOUND_STATES, classify_bound
+from exporter.demo.engine import DEMO_ENDPOINT_NAME, DEMO_MODEL, SimulatedEngine
+from exporter.demo.scenarios import H100_MEMORY_BYTES, Plan
+from exporter.derive.bound import BOUND_STATES, classify_bound
 from exporter.model import CLOCK_EVENT_REASONS
-from exporter.scenarios import H100_MEMORY_BYTES, Plan
 from exporter.sources.simulated import SimulatedSource
-from exporter.sources.simulated_engine import DEMO_ENDPOINT_NAME, DEMO_MODEL, SimulatedEngine
 
 ALERTS = REPO / "deploy" / "prometheus" / "rules" / "alerts.yml"
 WINDOW = 30.0  # the exporter's default derive window

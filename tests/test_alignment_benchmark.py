@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import alignment
 
-from exporter.scenarios import Scenario
+from exporter.demo.scenarios import Scenario
 
 
 def prometheus_round(value: float, to_nearest: float) -> float:

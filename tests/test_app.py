@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from exporter.app import create_app
 from exporter.daemon import Daemon
-from exporter.render import Renderer
+from exporter.render.exposition import Renderer
 from exporter.sources.simulated import SimulatedSource
 
 

@@ -309,8 +309,8 @@ def test_a_shared_gpu_without_process_samples_or_known_processes_is_split_evenly
 def test_pending_and_shares_are_rendered() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from exporter.render import Renderer
-    from exporter.render_endpoints import endpoint_families
+    from exporter.render.endpoints import endpoint_families
+    from exporter.render.exposition import Renderer
 
     endpoints = (
         EndpointSample(name="p", engine="vllm", url="", up=False, attribution="pending"),

@@ -11,10 +11,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import BoundThresholds
-from exporter.derive import BOUND_STATES, Deriver, Thresholds, bound_evidence, classify_bound
+from exporter.derive.bound import BOUND_STATES, Thresholds, bound_evidence, classify_bound
+from exporter.derive.window import Deriver
 from exporter.model import GpuInfo, GpuSample, Profiling, Snapshot
-from exporter.render import Renderer
-from exporter.render_derived import derived_families
+from exporter.render.derived import derived_families
+from exporter.render.exposition import Renderer
 
 
 def gpm(graphics: float, sm: float, occupancy: float, tensor: float, dram: float) -> dict[str, float]:

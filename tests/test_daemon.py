@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.daemon import Daemon, DaemonThread
 from exporter.model import GpuInfo, GpuSample
-from exporter.render import Renderer
+from exporter.render.exposition import Renderer
 from exporter.sources.base import Collected, Source, SourceError
 
 

@@ -11,13 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.derive import (
-    Deriver,
-    Site,
-    counter_increase,
-    derive_snapshots,
-    field_increase,
-)
+from exporter.derive.window import Deriver, Site, counter_increase, derive_snapshots, field_increase
 from exporter.model import (
     Derived,
     DerivedEndpoint,

@@ -10,7 +10,8 @@ import yaml
 from helpers import write_config as write
 
 from exporter.config import load_config
-from exporter.derive import Site, Thresholds
+from exporter.derive.bound import Thresholds
+from exporter.derive.window import Site
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import running_exporter, running_prometheus
 
-from exporter.scenarios import POWER_WOBBLE_WATTS, WORKLOADS
+from exporter.demo.scenarios import POWER_WOBBLE_WATTS, WORKLOADS
 
 
 @pytest.mark.parametrize("scenario", ["memory-bound", "compute-bound"])

@@ -9,8 +9,8 @@ import yaml
 from helpers import REPO, promtool
 
 from exporter.model import Snapshot
-from exporter.render import Renderer
-from exporter.render_derived import derived_families
+from exporter.render.derived import derived_families
+from exporter.render.exposition import Renderer
 
 RULES = REPO / "deploy" / "prometheus" / "rules" / "recording.yml"
 RULE_TESTS = REPO / "tests" / "rules" / "recording_test.yml"

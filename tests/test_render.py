@@ -10,7 +10,7 @@ from helpers import promtool
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.model import GpuInfo, GpuSample, Profiling, Snapshot, SourceStatus
-from exporter.render import Renderer
+from exporter.render.exposition import Renderer
 from exporter.sources.simulated import SimulatedSource
 
 

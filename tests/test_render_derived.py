@@ -15,10 +15,10 @@ from exporter.app import SNAPSHOT_JSON
 from exporter.cli import build_deriver
 from exporter.config import load_config
 from exporter.daemon import Daemon
-from exporter.derive import Deriver, Site
+from exporter.derive.window import Deriver, Site
 from exporter.model import EndpointSample, EndpointValue
-from exporter.render import Renderer
-from exporter.render_derived import derived_families
+from exporter.render.derived import derived_families
+from exporter.render.exposition import Renderer
 from exporter.sources.base import Collected, Source
 from exporter.sources.simulated import SimulatedSource
 

@@ -19,9 +19,13 @@ from fake_nvml import Clock
 from exporter.cli import build_parser, flag_overrides, main
 from exporter.config import Scenario as ScenarioLiteral
 from exporter.config import load_config
-from exporter.derive import classify_bound
-from exporter.model import CLOCK_EVENT_REASONS
-from exporter.scenarios import (
+from exporter.demo.engine import (
+    GENERATED_TOKENS_PER_REQUEST,
+    SERVING,
+    SimulatedEngine,
+    SimulatedEngineServer,
+)
+from exporter.demo.scenarios import (
     GIB,
     H100_MEMORY_BYTES,
     SCENARIO_SPECS,
@@ -32,13 +36,9 @@ from exporter.scenarios import (
     Schedule,
     Workload,
 )
+from exporter.derive.bound import classify_bound
+from exporter.model import CLOCK_EVENT_REASONS
 from exporter.sources.simulated import SimulatedSource
-from exporter.sources.simulated_engine import (
-    GENERATED_TOKENS_PER_REQUEST,
-    SERVING,
-    SimulatedEngine,
-    SimulatedEngineServer,
-)
 
 ALERT_SCENARIOS = (
     "healthy",

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from fake_nvml import Clock
 
-from exporter.scenarios import SCENARIOS, WORKLOADS, Scenario
+from exporter.demo.scenarios import SCENARIOS, WORKLOADS, Scenario
 from exporter.sources.simulated import SimulatedSource
 
 

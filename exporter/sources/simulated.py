@@ -1,6 +1,6 @@
 """The simulated node behind `tpw-exporter demo`: deterministic GPUs that follow a scenario.
 
-The numbers come from `exporter.scenarios` (calibrated on H100 measurements); this source turns them into
+The numbers come from `exporter.demo.scenarios` (calibrated on H100 measurements); this source turns them into
 GPU samples at the current time. Nothing here can be mistaken for a real GPU: names say "Simulated", UUIDs
 start with `GPU-simulated-`, `tpw_gpu_info` carries `simulated="true"` and the node reports the scenario in
 `tpw_simulation_info`.
@@ -13,8 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from exporter.model import PROFILING_RATIOS, GpuInfo, GpuSample, NodeInfo, Profiling
-from exporter.scenarios import (
+from exporter.demo.scenarios import (
     H100_MEMORY_BYTES,
     H100_PEAK_DRAM_BYTES_PER_SECOND,
     RATIO_WOBBLE,
@@ -24,6 +23,7 @@ from exporter.scenarios import (
     Schedule,
     wobble,
 )
+from exporter.model import PROFILING_RATIOS, GpuInfo, GpuSample, NodeInfo, Profiling
 from exporter.sources.base import Collected, Source
 
 log = logging.getLogger("tpw_exporter.simulated")

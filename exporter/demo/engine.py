@@ -8,7 +8,7 @@ constant rates, so tests and benchmarks know the ground truth at any moment.
 Per-GPU serving behaviour by workload (an 8B-class model on an H100, orders of magnitude only):
 compute-bound = large batches, memory-bound = small batches, launch-bound = tiny batches starved by the
 host, idle = no traffic; the alert scenarios' keyframes follow Little's law (`_serving`). Between two
-keyframes every number moves linearly, like the GPUs' (`exporter.scenarios.Plan`). In a scenario
+keyframes every number moves linearly, like the GPUs' (`exporter.demo.scenarios.Plan`). In a scenario
 whose engine is down (`endpoint-down`) the page answers 503, so the exporter really fails to scrape it.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from exporter.scenarios import Plan
+from exporter.demo.scenarios import Plan
 
 DEMO_ENDPOINT_NAME = "demo-vllm"
 DEMO_MODEL = "simulated/llama-3.1-8b"

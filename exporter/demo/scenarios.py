@@ -1,7 +1,7 @@
 """The demo's time model: H100 workloads, the scenarios that play them, and schedules of scenarios.
 
 Pure functions of the time since the simulation started (no I/O, no clock), shared by the simulated GPUs
-(`exporter.sources.simulated`), the simulated serving engine (`exporter.sources.simulated_engine`), the
+(`exporter.sources.simulated`), the simulated serving engine (`exporter.demo.engine`), the
 config's list of scenarios, and the benchmarks that need the ground truth.
 
 Numbers follow the H100 reference measurements (`docs/h100-reference.md`): the same NVML utilisation,
@@ -246,7 +246,7 @@ class Keyframe:
     """At `phase` (in phases since the scenario started) the GPU runs exactly `workload`."""
 
     phase: float
-    workload: str  # a key of WORKLOADS (and of simulated_engine.SERVING)
+    workload: str  # a key of WORKLOADS (and of exporter.demo.engine.SERVING)
 
 
 @dataclass(frozen=True)

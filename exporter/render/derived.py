@@ -1,7 +1,7 @@
 """Derived values → metric families: throughput per watt, roofline bound, divergence, cost and carbon.
 
 Used as `Renderer(extra=[derived_families])`. Every value that is None (undefined over the window) has no
-sample at all, so a dashboard never sees NaN, Inf or a made-up 0. Formulas: `exporter.derive` and the
+sample at all, so a dashboard never sees NaN, Inf or a made-up 0. Formulas: `exporter.derive.window` and the
 "Derived metrics" section of docs/metrics.md.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.derive import BOUND_STATES, EVIDENCE_SIGNALS
+from exporter.derive.bound import BOUND_STATES, EVIDENCE_SIGNALS
 from exporter.model import DerivedEndpoint, DerivedGpu, Snapshot
 
 WINDOW_NOTE = "over the derive window (derive.window)"

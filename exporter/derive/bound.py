@@ -1,0 +1,103 @@
+"""The roofline bound: which resource limits a GPU, from its window-mean GPM ratios.
+
+`bound_evidence` turns GPM windows into evidence ratios (tensor, fp, dram, sm, graphics); `classify_bound`
+maps them to compute | memory | latency | idle | mixed with the `Thresholds` rules. Pure functions: the
+window that feeds them lives in `exporter.derive.window`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from exporter.model import Profiling
+
+BOUND_STATES: tuple[str, ...] = ("compute", "memory", "latency", "idle", "mixed")
+EVIDENCE_SIGNALS: tuple[str, ...] = ("tensor", "fp", "dram", "sm", "graphics")
+
+# GPM ratio keys (exporter.model.PROFILING_RATIOS) behind each evidence signal.
+EVIDENCE_KEYS: dict[str, str] = {
+    "tensor": "tensor_active",
+    "dram": "dram_bandwidth_utilization",
+    "sm": "sm_active",
+    "graphics": "graphics_active",
+}
+FP_KEYS: tuple[str, ...] = ("fp16_active", "fp32_active", "fp64_active")
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Roofline classification thresholds on window-mean GPM ratios (0..1), checked in this order:
+
+    idle     graphics < idle_graphics_below
+    compute  max(tensor, fp) >= compute_pipe_at_least
+    memory   dram >= memory_dram_at_least and tensor < low_tensor_below
+    latency  sm < latency_sm_below and dram < memory_dram_at_least and tensor < low_tensor_below
+             (the engine is busy but the SMs are not: launch- or synchronization-bound)
+    mixed    anything else (e.g. a decode batch near the ridge point: tensor and DRAM both substantial)
+
+    Calibrated on docs/h100-reference.md; see tests/test_bound.py for every reference row.
+    """
+
+    idle_graphics_below: float = 0.05
+    compute_pipe_at_least: float = 0.5
+    memory_dram_at_least: float = 0.4
+    low_tensor_below: float = 0.25
+    latency_sm_below: float = 0.3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Roofline bound
+
+
+def bound_evidence(windows: Sequence[Profiling]) -> dict[str, float] | None:
+    """Time-weighted means of the GPM ratios the classifier uses; None without graphics/sm/tensor/dram.
+
+    `fp` is the largest of the fp16/fp32/fp64 window means, absent when the GPU reports none of them.
+    """
+    evidence: dict[str, float] = {}
+    for signal, key in EVIDENCE_KEYS.items():
+        mean = _weighted_mean(windows, key)
+        if mean is None:
+            return None
+        evidence[signal] = mean
+    fp = [mean for key in FP_KEYS if (mean := _weighted_mean(windows, key)) is not None]
+    if fp:
+        evidence["fp"] = max(fp)
+    return {signal: evidence[signal] for signal in EVIDENCE_SIGNALS if signal in evidence}
+
+
+def _weighted_mean(windows: Sequence[Profiling], key: str) -> float | None:
+    """Mean of one GPM ratio over windows, weighted by their length; windows of no length are ignored."""
+    total = weight = 0.0
+    for window in windows:
+        value = window.ratios.get(key)
+        if value is None or not math.isfinite(value) or not window.window_seconds > 0:
+            continue
+        total += value * window.window_seconds
+        weight += window.window_seconds
+    return min(max(total / weight, 0.0), 1.0) if weight > 0 else None
+
+
+def classify_bound(evidence: Mapping[str, float], thresholds: Thresholds = Thresholds()) -> str:
+    """compute | memory | latency | idle | mixed from evidence ratios (see `Thresholds` for the rules)."""
+    graphics = evidence["graphics"]
+    tensor = evidence["tensor"]
+    dram = evidence["dram"]
+    sm = evidence["sm"]
+    pipes = max(tensor, evidence.get("fp", 0.0))
+    if graphics < thresholds.idle_graphics_below:
+        return "idle"
+    if pipes >= thresholds.compute_pipe_at_least:
+        return "compute"
+    low_tensor = tensor < thresholds.low_tensor_below
+    if low_tensor and dram >= thresholds.memory_dram_at_least:
+        return "memory"
+    if low_tensor and sm < thresholds.latency_sm_below and dram < thresholds.memory_dram_at_least:
+        return "latency"
+    return "mixed"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Steps: what changed between two consecutive snapshots
