@@ -12,9 +12,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, get_args
 
-from exporter.model import EndpointValue
+from exporter.model import ENDPOINT_FIELD_NAMES, EndpointValue
 from exporter.promtext import Sample
 
 __all__ = [
@@ -23,7 +22,6 @@ __all__ = [
     "PROFILES",
     "EngineProfile",
     "FieldSource",
-    "NormalizedField",
     "NormalizedSeries",
     "detect_engine",
     "generic_profile",
@@ -31,20 +29,8 @@ __all__ = [
     "normalize",
 ]
 
-NormalizedField = Literal[
-    "requests_total",
-    "prompt_tokens_total",
-    "generation_tokens_total",
-    "requests_running",
-    "requests_waiting",
-    "kv_cache_usage_ratio",
-    "ttft_seconds_sum",
-    "ttft_seconds_count",
-    "e2e_latency_seconds_sum",
-    "e2e_latency_seconds_count",
-    "work_units_total",
-]
-NORMALIZED_FIELDS: tuple[str, ...] = get_args(NormalizedField)
+NORMALIZED_FIELDS: tuple[str, ...] = ENDPOINT_FIELD_NAMES
+"""Every normalized field (`exporter.model.ENDPOINT_FIELDS`), in profile order."""
 
 OUTCOMES: tuple[str, ...] = ("success", "failure", "aborted", "other", "unknown")
 """Values of the ``outcome`` of ``requests_total``; ``unknown`` when the engine has no split."""

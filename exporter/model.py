@@ -8,6 +8,7 @@ optional: `None` means "not measured on this GPU" and renders as an absent serie
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 # GPM profiling ratios (0..1) and rates, keyed by the short name used in metric names:
 # tpw_gpu_<key>_ratio / tpw_gpu_<key>.
@@ -35,6 +36,52 @@ CLOCK_EVENT_REASONS: dict[str, int] = {
     "hw_power_brake_slowdown": 0x80,
     "display_clock_setting": 0x100,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointField:
+    """One normalized field a serving engine's page is read into (`EndpointValue.field`)."""
+
+    name: str
+    kind: Literal["counter", "gauge"]  # counter: only grows, except when the engine restarts
+    help: str
+    windowed: bool = False  # a work counter whose increase the derive window sums (rates, per joule)
+
+
+# The normalized fields, in the order engine profiles and error messages list them.
+ENDPOINT_FIELDS: tuple[EndpointField, ...] = (
+    EndpointField(
+        "requests_total",
+        "counter",
+        "Completed requests by outcome "
+        "(success, failure, aborted, other; unknown when the engine has no split).",
+        windowed=True,
+    ),
+    EndpointField("prompt_tokens_total", "counter", "Prompt (prefill) tokens processed.", windowed=True),
+    EndpointField("generation_tokens_total", "counter", "Tokens generated (decode).", windowed=True),
+    EndpointField("requests_running", "gauge", "Requests in the running batch now."),
+    EndpointField("requests_waiting", "gauge", "Requests queued, waiting to be scheduled."),
+    EndpointField("kv_cache_usage_ratio", "gauge", "KV-cache usage, 0..1."),
+    EndpointField("ttft_seconds_sum", "counter", "Sum of the times to first token (histogram sum)."),
+    EndpointField("ttft_seconds_count", "counter", "Requests counted in ttft_seconds_sum (histogram count)."),
+    EndpointField("e2e_latency_seconds_sum", "counter", "Sum of the request latencies (histogram sum)."),
+    EndpointField(
+        "e2e_latency_seconds_count",
+        "counter",
+        "Requests counted in e2e_latency_seconds_sum (histogram count).",
+    ),
+    EndpointField(
+        "work_units_total",
+        "counter",
+        "Units of work served by generic endpoints whose unit is not tokens.",
+        windowed=True,
+    ),
+)
+ENDPOINT_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in ENDPOINT_FIELDS)
+# Every counter field: a value below the previous scrape's is an engine restart (a counter reset).
+ENDPOINT_COUNTER_FIELDS: frozenset[str] = frozenset(f.name for f in ENDPOINT_FIELDS if f.kind == "counter")
+# The work counters the derive window takes increases of (throughput, per-joule and per-request values).
+WINDOWED_COUNTER_FIELDS: tuple[str, ...] = tuple(f.name for f in ENDPOINT_FIELDS if f.windowed)
 
 
 @dataclass(frozen=True, slots=True)

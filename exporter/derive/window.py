@@ -38,6 +38,7 @@ from exporter.derive.bound import (
     classify_bound,
 )
 from exporter.model import (
+    WINDOWED_COUNTER_FIELDS,
     Derived,
     DerivedEndpoint,
     DerivedGpu,
@@ -46,12 +47,6 @@ from exporter.model import (
     Snapshot,
 )
 
-COUNTER_FIELDS: tuple[str, ...] = (
-    "generation_tokens_total",
-    "prompt_tokens_total",
-    "requests_total",
-    "work_units_total",
-)
 TOKENS = "tokens"
 JOULES_PER_KWH = 3.6e6
 MULTIPLE_MODELS = "multiple"
@@ -164,7 +159,7 @@ def endpoint_step(
         return None
     increases = {
         name: increase
-        for name in COUNTER_FIELDS
+        for name in WINDOWED_COUNTER_FIELDS
         if (increase := field_increase(previous, current, name)) is not None
     }
     return EndpointStep(seconds, increases, current.gpus, current.gpu_shares)
@@ -206,9 +201,9 @@ def _layout(*groups: Iterable[str]) -> dict[str, int]:
 
 ENDPOINT_SUMS = _layout(
     ("steps", "seconds"),
-    (f"{kind}:{name}" for name in COUNTER_FIELDS for kind in ("n", "sum")),
+    (f"{kind}:{name}" for name in WINDOWED_COUNTER_FIELDS for kind in ("n", "sum")),
     ("e:steps", "e:energy", "e:seconds"),
-    (f"e:{kind}:{name}" for name in COUNTER_FIELDS for kind in ("n", "sum")),
+    (f"e:{kind}:{name}" for name in WINDOWED_COUNTER_FIELDS for kind in ("n", "sum")),
     (
         "u:steps",
         "u:seconds",

@@ -6,16 +6,8 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
-from exporter.model import ATTRIBUTION_PENDING, EndpointSample, Snapshot
+from exporter.model import ATTRIBUTION_PENDING, ENDPOINT_FIELDS, EndpointField, EndpointSample, Snapshot
 
-# normalized field → (metric name without _total, help, is counter)
-SIMPLE_FIELDS: dict[str, tuple[str, str, bool]] = {
-    "prompt_tokens_total": ("tpw_endpoint_prompt_tokens", "Prompt (prefill) tokens processed.", True),
-    "generation_tokens_total": ("tpw_endpoint_generation_tokens", "Tokens generated (decode).", True),
-    "requests_running": ("tpw_endpoint_requests_running", "Requests in the running batch now.", False),
-    "requests_waiting": ("tpw_endpoint_requests_waiting", "Requests queued, waiting to be scheduled.", False),
-    "kv_cache_usage_ratio": ("tpw_endpoint_kv_cache_usage_ratio", "KV-cache usage, 0..1.", False),
-}
 # summary name → (help, sum field, count field)
 SUMMARIES: dict[str, tuple[str, str, str]] = {
     "tpw_endpoint_time_to_first_token_seconds": (
@@ -30,6 +22,21 @@ SUMMARIES: dict[str, tuple[str, str, str]] = {
     ),
 }
 LABELS = ["endpoint", "engine", "model"]
+# Fields with a label of their own (requests_total: outcome, work_units_total: unit) or read as summaries.
+_OWN_FAMILY_FIELDS = frozenset(
+    {"requests_total", "work_units_total"}
+    | {field for _, sum_field, count_field in SUMMARIES.values() for field in (sum_field, count_field)}
+)
+# The other fields, one family each: tpw_endpoint_<field without _total>, a counter or a gauge like the field.
+SIMPLE_FIELDS: tuple[EndpointField, ...] = tuple(
+    f for f in ENDPOINT_FIELDS if f.name not in _OWN_FAMILY_FIELDS
+)
+_FIELD_HELP: dict[str, str] = {f.name: f.help for f in ENDPOINT_FIELDS}
+
+
+def simple_metric_name(field: EndpointField) -> str:
+    """The metric family of a simple field: `tpw_endpoint_` + the field's name without `_total`."""
+    return f"tpw_endpoint_{field.name.removesuffix('_total')}"
 
 
 def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
@@ -102,19 +109,16 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
 def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
     live = [endpoint for endpoint in endpoints if endpoint.up]
     requests = CounterMetricFamily(
-        "tpw_endpoint_requests",
-        "Completed requests by outcome "
-        "(success, failure, aborted, other; unknown when the engine has no split).",
-        labels=[*LABELS, "outcome"],
+        "tpw_endpoint_requests", _FIELD_HELP["requests_total"], labels=[*LABELS, "outcome"]
     )
     work = CounterMetricFamily(
-        "tpw_endpoint_work_units",
-        "Units of work served by generic endpoints whose unit is not tokens.",
-        labels=[*LABELS, "unit"],
+        "tpw_endpoint_work_units", _FIELD_HELP["work_units_total"], labels=[*LABELS, "unit"]
     )
-    simple = {
-        field: (CounterMetricFamily if is_counter else GaugeMetricFamily)(name, help_text, labels=LABELS)
-        for field, (name, help_text, is_counter) in SIMPLE_FIELDS.items()
+    simple: dict[str, Metric] = {
+        field.name: (CounterMetricFamily if field.kind == "counter" else GaugeMetricFamily)(
+            simple_metric_name(field), field.help, labels=LABELS
+        )
+        for field in SIMPLE_FIELDS
     }
     # (endpoint, engine, model) → {field: value} for the latency sums and counts
     latency: dict[tuple[str, str, str], dict[str, float]] = {}

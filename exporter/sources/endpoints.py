@@ -28,7 +28,7 @@ from exporter.engines import (
     is_detection_name,
     normalize,
 )
-from exporter.model import EndpointSample, EndpointValue
+from exporter.model import ENDPOINT_COUNTER_FIELDS, EndpointSample, EndpointValue
 from exporter.promtext import ParseResult, parse_selected
 from exporter.sources.base import Collected, Source
 
@@ -37,18 +37,6 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 3
 ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 PROCESS_START = "process_start_time_seconds"
-COUNTER_FIELDS = frozenset(
-    {
-        "requests_total",
-        "prompt_tokens_total",
-        "generation_tokens_total",
-        "work_units_total",
-        "ttft_seconds_sum",
-        "ttft_seconds_count",
-        "e2e_latency_seconds_sum",
-        "e2e_latency_seconds_count",
-    }
-)
 ALL_PROFILE_NAMES = frozenset().union(*(profile.wanted_names() for profile in PROFILES.values()))
 
 
@@ -247,7 +235,7 @@ class EndpointScraper:
         current: dict[tuple[str, str, str | None], float] = {}
         backwards: list[str] = []
         for value in values:
-            if value.field in COUNTER_FIELDS:
+            if value.field in ENDPOINT_COUNTER_FIELDS:
                 key = (value.field, value.model, value.outcome)
                 current[key] = value.value
                 previous = self._previous.get(key)

@@ -1,0 +1,67 @@
+"""Each schema fact is defined once (exporter.model) and every user reads it from there."""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from exporter.engines import NORMALIZED_FIELDS, PROFILES
+from exporter.model import (
+    ENDPOINT_COUNTER_FIELDS,
+    ENDPOINT_FIELD_NAMES,
+    ENDPOINT_FIELDS,
+    WINDOWED_COUNTER_FIELDS,
+    EndpointSample,
+    EndpointValue,
+    Snapshot,
+)
+from exporter.render.endpoints import SIMPLE_FIELDS, endpoint_families, simple_metric_name
+
+
+def test_endpoint_fields_are_unique_and_typed() -> None:
+    assert len(set(ENDPOINT_FIELD_NAMES)) == len(ENDPOINT_FIELDS)
+    assert {field.kind for field in ENDPOINT_FIELDS} == {"counter", "gauge"}
+    assert all(field.help for field in ENDPOINT_FIELDS)
+    assert NORMALIZED_FIELDS == ENDPOINT_FIELD_NAMES
+    for profile in PROFILES.values():
+        assert set(profile.fields) <= set(ENDPOINT_FIELD_NAMES), profile.name
+
+
+def test_counter_fields_are_every_counter_and_windowed_fields_the_work_counters() -> None:
+    assert {
+        "requests_total",
+        "prompt_tokens_total",
+        "generation_tokens_total",
+        "work_units_total",
+        "ttft_seconds_sum",
+        "ttft_seconds_count",
+        "e2e_latency_seconds_sum",
+        "e2e_latency_seconds_count",
+    } == ENDPOINT_COUNTER_FIELDS
+    assert set(WINDOWED_COUNTER_FIELDS) == {
+        "generation_tokens_total",
+        "prompt_tokens_total",
+        "requests_total",
+        "work_units_total",
+    }
+    assert set(WINDOWED_COUNTER_FIELDS) <= ENDPOINT_COUNTER_FIELDS
+
+
+def test_simple_endpoint_families_keep_their_names_kinds_and_order() -> None:
+    expected = [
+        ("prompt_tokens_total", "tpw_endpoint_prompt_tokens", "counter"),
+        ("generation_tokens_total", "tpw_endpoint_generation_tokens", "counter"),
+        ("requests_running", "tpw_endpoint_requests_running", "gauge"),
+        ("requests_waiting", "tpw_endpoint_requests_waiting", "gauge"),
+        ("kv_cache_usage_ratio", "tpw_endpoint_kv_cache_usage_ratio", "gauge"),
+    ]
+    assert [(f.name, simple_metric_name(f), f.kind) for f in SIMPLE_FIELDS] == expected
+
+    values = tuple(EndpointValue(field.name, "m", 1.0) for field in SIMPLE_FIELDS)
+    endpoint = EndpointSample(name="e", engine="vllm", url="http://x/metrics", values=values)
+    families = {
+        family.name: family for family in endpoint_families(Snapshot(1, 0.0, 0.0, 0.0, endpoints=(endpoint,)))
+    }
+    for field, name, kind in expected:
+        family = families[name]
+        assert isinstance(family, CounterMetricFamily if kind == "counter" else GaugeMetricFamily), field
+        assert [sample.value for sample in family.samples if not sample.name.endswith("_created")] == [1.0]
