@@ -28,6 +28,7 @@ from exporter import __version__
 from exporter.config import DEFAULT_PORT, Config, ConfigError, EndpointConfig, load_config
 from exporter.demo.scenarios import SCENARIOS
 from exporter.derive.window import Deriver
+from exporter.model import ENGINE_AUTO, ENGINE_NAMES
 from exporter.sources.base import Source, SourceError
 
 EXIT_CONFIG_ERROR = 2
@@ -73,8 +74,9 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
         "--endpoint",
         action="append",
         metavar="NAME=URL[,engine=E][,gpus=G][,timeout=S][,unit=U]",
-        help="a serving engine's metrics page to scrape; repeatable. engine: auto (default), vllm, sglang, "
-        "tgi, triton, llamacpp; gpus: auto (default), all, or indices/UUIDs joined by '+' (gpus=0+1). "
+        help="a serving engine's metrics page to scrape; repeatable. "
+        f"engine: {ENGINE_AUTO} (default), {', '.join(ENGINE_NAMES)}; "
+        "gpus: auto (default), all, or indices/UUIDs joined by '+' (gpus=0+1). "
         "Given --endpoint flags replace the config file's endpoint list.",
     )
 

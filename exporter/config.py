@@ -30,6 +30,7 @@ from pydantic import (
 from exporter.demo.scenarios import SCENARIOS
 from exporter.derive.bound import Thresholds
 from exporter.derive.window import Site
+from exporter.model import ENDPOINT_ENGINES, ENGINE_AUTO, ENGINE_GENERIC
 
 ENV_PREFIX = "TPW_"
 ENV_CONFIG_FILE = "TPW_CONFIG"
@@ -140,7 +141,7 @@ _RATIO = {"ge": 0.0, "le": 1.0}
 MAX_WINDOW_SECONDS = 86400.0
 
 
-EngineName = Literal["auto", "vllm", "sglang", "tgi", "triton", "llamacpp", "generic"]
+EngineName = Literal[ENDPOINT_ENGINES]  # type: ignore[valid-type]
 WorkUnit = Literal["tokens", "images", "samples", "requests"]
 ENDPOINT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MIB = 1024 * 1024
@@ -151,7 +152,9 @@ class EndpointConfig(_Strict):
 
     name: str = Field(pattern=ENDPOINT_NAME_PATTERN, description="Label value `endpoint`; unique.")
     url: str = Field(description="http(s) URL of the engine's Prometheus metrics page.")
-    engine: EngineName = Field("auto", description="Engine profile, or `auto` to detect from metric names.")
+    engine: EngineName = Field(
+        ENGINE_AUTO, description="Engine profile, or `auto` to detect from metric names."
+    )
     gpus: Literal["auto", "all"] | list[int | str] = Field(
         "auto",
         description="GPUs serving this endpoint: indices or UUIDs, `all`, or `auto` (match the process "
@@ -180,7 +183,7 @@ class EndpointConfig(_Strict):
     @field_validator("mapping")
     @classmethod
     def _check_mapping(cls, mapping: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
-        if mapping is not None and info.data.get("engine") == "generic":
+        if mapping is not None and info.data.get("engine") == ENGINE_GENERIC:
             from exporter.engines import generic_profile
 
             generic_profile(mapping, info.data.get("unit", "tokens"))  # raises ValueError naming the bad key
@@ -188,9 +191,9 @@ class EndpointConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_generic(self) -> EndpointConfig:
-        if self.engine == "generic" and not self.mapping:
+        if self.engine == ENGINE_GENERIC and not self.mapping:
             raise ValueError("engine generic needs `mapping` (normalized field → source metric name)")
-        if self.engine != "generic" and self.mapping is not None:
+        if self.engine != ENGINE_GENERIC and self.mapping is not None:
             raise ValueError(f"`mapping` is only for engine generic, not {self.engine}")
         return self
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from exporter.model import ENDPOINT_FIELD_NAMES, EndpointValue
+from exporter.model import ENDPOINT_FIELD_NAMES, ENGINE_GENERIC, EndpointValue
 from exporter.promtext import Sample
 
 __all__ = [
@@ -338,7 +338,7 @@ def generic_profile(
             "map 'generation_tokens_total' instead or set another unit"
         )
     return EngineProfile(
-        name="generic",
+        name=ENGINE_GENERIC,
         fields={key: (_one(metric.strip()),) for key, metric in mapping.items()},
         model_labels=model_labels,
         detect=(),

@@ -10,6 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# Serving engines with a built-in profile (`exporter.engines.PROFILES`), in the order help and docs list them.
+ENGINE_NAMES: tuple[str, ...] = ("vllm", "sglang", "tgi", "triton", "llamacpp")
+ENGINE_AUTO = "auto"  # detect the engine from the metric names on its page
+ENGINE_GENERIC = "generic"  # read the page with the endpoint's own `mapping`
+# What an endpoint's `engine` setting accepts.
+ENDPOINT_ENGINES: tuple[str, ...] = (ENGINE_AUTO, *ENGINE_NAMES, ENGINE_GENERIC)
+
 # GPM profiling ratios (0..1) and rates, keyed by the short name used in metric names:
 # tpw_gpu_<key>_ratio / tpw_gpu_<key>.
 PROFILING_RATIOS: tuple[str, ...] = (

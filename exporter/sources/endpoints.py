@@ -28,7 +28,13 @@ from exporter.engines import (
     is_detection_name,
     normalize,
 )
-from exporter.model import ENDPOINT_COUNTER_FIELDS, EndpointSample, EndpointValue
+from exporter.model import (
+    ENDPOINT_COUNTER_FIELDS,
+    ENGINE_AUTO,
+    ENGINE_GENERIC,
+    EndpointSample,
+    EndpointValue,
+)
 from exporter.promtext import ParseResult, parse_selected
 from exporter.sources.base import Collected, Source
 
@@ -83,11 +89,11 @@ class EndpointScraper:
             )
         self.url = display_url(config.url)
         self._fixed_profile: EngineProfile | None = None
-        if config.engine == "generic":
+        if config.engine == ENGINE_GENERIC:
             assert config.mapping is not None  # guaranteed by the config model
             model_labels = (config.model_label,) if config.model_label else ()
             self._fixed_profile = generic_profile(config.mapping, config.unit, model_labels=model_labels)
-        elif config.engine != "auto":
+        elif config.engine != ENGINE_AUTO:
             self._fixed_profile = PROFILES[config.engine]
         self._detected: str | None = None
         self._errors: Counter[str] = Counter()
@@ -220,7 +226,7 @@ class EndpointScraper:
             name=self.config.name,
             engine=profile.name,
             url=self.url,
-            unit=profile.work_unit if profile.name == "generic" else "tokens",
+            unit=profile.work_unit if profile.name == ENGINE_GENERIC else "tokens",
             up=True,
             timestamp=started,
             duration_seconds=self._clock() - started,

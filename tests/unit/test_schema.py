@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from exporter.cli import build_parser
+from exporter.config import EndpointConfig
 from exporter.engines import NORMALIZED_FIELDS, PROFILES
 from exporter.model import (
     ENDPOINT_COUNTER_FIELDS,
+    ENDPOINT_ENGINES,
     ENDPOINT_FIELD_NAMES,
     ENDPOINT_FIELDS,
+    ENGINE_NAMES,
     WINDOWED_COUNTER_FIELDS,
     EndpointSample,
     EndpointValue,
@@ -65,3 +71,16 @@ def test_simple_endpoint_families_keep_their_names_kinds_and_order() -> None:
         family = families[name]
         assert isinstance(family, CounterMetricFamily if kind == "counter" else GaugeMetricFamily), field
         assert [sample.value for sample in family.samples if not sample.name.endswith("_created")] == [1.0]
+
+
+def test_engine_profiles_are_exactly_the_engine_names() -> None:
+    assert tuple(PROFILES) == ENGINE_NAMES
+    assert all(PROFILES[name].name == name for name in ENGINE_NAMES)
+    assert ("auto", *ENGINE_NAMES, "generic") == ENDPOINT_ENGINES
+
+
+def test_config_and_cli_list_the_engine_names() -> None:
+    assert get_args(EndpointConfig.model_fields["engine"].annotation) == ENDPOINT_ENGINES
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    (endpoint,) = [action for action in serve._actions if action.dest == "endpoint"]
+    assert f"engine: auto (default), {', '.join(ENGINE_NAMES)};" in (endpoint.help or "")
