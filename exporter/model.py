@@ -31,6 +31,11 @@ PROFILING_RATIOS: tuple[str, ...] = (
 )
 PROFILING_RATES: tuple[str, ...] = ("pcie_rx_bytes_per_second", "pcie_tx_bytes_per_second")
 
+# Roofline bound of a GPU over the derive window (`exporter.derive.bound.classify_bound`), in the order
+# tpw_gpu_bound lists them, and the window-mean evidence ratios the classification reads.
+BOUND_STATES: tuple[str, ...] = ("compute", "memory", "latency", "idle", "mixed")
+EVIDENCE_SIGNALS: tuple[str, ...] = ("tensor", "fp", "dram", "sm", "graphics")
+
 # Clock-event (throttle) reasons NVML reports as a bitmask; the label values are these names.
 CLOCK_EVENT_REASONS: dict[str, int] = {
     "gpu_idle": 0x1,
@@ -230,8 +235,8 @@ class DerivedGpu:
     power_watts: float | None = None
     dram_bandwidth_bytes_per_second: float | None = None  # current GPM window x peak
     idle_energy_ratio: float | None = None  # only for GPUs attributed to at least one endpoint
-    bound: str | None = None  # compute | memory | latency | idle | mixed
-    evidence: dict[str, float] = field(default_factory=dict)  # tensor, fp, dram, sm, graphics (window means)
+    bound: str | None = None  # one of BOUND_STATES
+    evidence: dict[str, float] = field(default_factory=dict)  # EVIDENCE_SIGNALS → window mean
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,17 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from exporter.model import Profiling
+from exporter.model import BOUND_STATES, EVIDENCE_SIGNALS, Profiling
 
-BOUND_STATES: tuple[str, ...] = ("compute", "memory", "latency", "idle", "mixed")
-EVIDENCE_SIGNALS: tuple[str, ...] = ("tensor", "fp", "dram", "sm", "graphics")
+__all__ = [
+    "BOUND_STATES",
+    "EVIDENCE_KEYS",
+    "EVIDENCE_SIGNALS",
+    "FP_KEYS",
+    "Thresholds",
+    "bound_evidence",
+    "classify_bound",
+]
 
 # GPM ratio keys (exporter.model.PROFILING_RATIOS) behind each evidence signal.
 EVIDENCE_KEYS: dict[str, str] = {

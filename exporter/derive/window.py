@@ -31,13 +31,13 @@ from dataclasses import dataclass
 
 from exporter.derive.bound import (
     EVIDENCE_KEYS,
-    EVIDENCE_SIGNALS,
     FP_KEYS,
     Thresholds,
     bound_evidence,
     classify_bound,
 )
 from exporter.model import (
+    EVIDENCE_SIGNALS,
     WINDOWED_COUNTER_FIELDS,
     Derived,
     DerivedEndpoint,

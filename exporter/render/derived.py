@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.derive.bound import BOUND_STATES, EVIDENCE_SIGNALS
-from exporter.model import DerivedEndpoint, DerivedGpu, Snapshot
+from exporter.model import BOUND_STATES, EVIDENCE_SIGNALS, DerivedEndpoint, DerivedGpu, Snapshot
 
 WINDOW_NOTE = "over the derive window (derive.window)"
 ENERGY_NOTE = "from GPU energy-counter deltas over the same ticks as the counters, not from power samples"

@@ -8,18 +8,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from exporter.cli import build_parser
 from exporter.config import EndpointConfig
+from exporter.derive.bound import Thresholds, classify_bound
 from exporter.engines import NORMALIZED_FIELDS, PROFILES
 from exporter.model import (
+    BOUND_STATES,
     ENDPOINT_COUNTER_FIELDS,
     ENDPOINT_ENGINES,
     ENDPOINT_FIELD_NAMES,
     ENDPOINT_FIELDS,
     ENGINE_NAMES,
+    EVIDENCE_SIGNALS,
     WINDOWED_COUNTER_FIELDS,
+    Derived,
+    DerivedGpu,
     EndpointSample,
     EndpointValue,
     Snapshot,
 )
+from exporter.render.derived import derived_families
 from exporter.render.endpoints import SIMPLE_FIELDS, endpoint_families, simple_metric_name
 
 
@@ -84,3 +90,22 @@ def test_config_and_cli_list_the_engine_names() -> None:
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
     (endpoint,) = [action for action in serve._actions if action.dest == "endpoint"]
     assert f"engine: auto (default), {', '.join(ENGINE_NAMES)};" in (endpoint.help or "")
+
+
+def test_bound_states_and_evidence_signals_come_from_the_model() -> None:
+    corners = [
+        dict(zip(EVIDENCE_SIGNALS, values, strict=True))
+        for values in [
+            (t, f, d, s, g) for t in (0, 1) for f in (0, 1) for d in (0, 1) for s in (0, 1) for g in (0, 1)
+        ]
+    ]
+    assert {classify_bound(evidence, Thresholds()) for evidence in corners} <= set(BOUND_STATES)
+
+    evidence = dict(zip(EVIDENCE_SIGNALS, (0.1, 0.2, 0.3, 0.4, 0.5), strict=True))
+    gpu = DerivedGpu(index=0, bound="memory", evidence=evidence)
+    snapshot = Snapshot(1, 0.0, 0.0, 0.0, derived=Derived(window_seconds=1.0, gpus=(gpu,)))
+    families = {family.name: family for family in derived_families(snapshot)}
+    bound = families["tpw_gpu_bound"].samples
+    assert [(s.labels["bound"], s.value) for s in bound] == [(b, float(b == "memory")) for b in BOUND_STATES]
+    signals = families["tpw_gpu_bound_evidence_ratio"].samples
+    assert [(s.labels["signal"], s.value) for s in signals] == list(evidence.items())
