@@ -1,0 +1,348 @@
+"""The Endpoint dashboard: one serving endpoint's load, throughput, latency, and what its tokens cost in
+energy."""
+
+from __future__ import annotations
+
+from grafana import Board, Q, fixed_color, right_axis, stat, table, timeseries
+from tpw import (
+    CLUSTER_VARIABLE,
+    ENDPOINT,
+    ENDPOINT_MODEL,
+    ENDPOINT_MODEL_VARIABLE,
+    ENDPOINT_VARIABLE,
+    NODE_VARIABLE,
+    RATE,
+    TOKENS_PER_JOULE,
+    TOKENS_PER_SECOND,
+    UP_DOWN,
+    WHEN_CARBON,
+    WHEN_PRICE,
+    alert_annotation,
+    engine_deploy_annotation,
+    tpw_board,
+)
+
+FILE = "tpw-endpoint.json"
+
+
+def dashboard() -> Board:
+    """The dashboard, laid out; `.to_json()` is what tpw-endpoint.json holds."""
+    board = tpw_board(
+        "tpw-endpoint",
+        "TPW / Endpoint",
+        "One serving endpoint: load, throughput, latency, and what its tokens cost in energy.",
+        variables=[CLUSTER_VARIABLE, NODE_VARIABLE, ENDPOINT_VARIABLE, ENDPOINT_MODEL_VARIABLE],
+        annotations=[alert_annotation(), engine_deploy_annotation()],
+        time_from="now-1h",
+        refresh="10s",
+    )
+    e, em = ENDPOINT, ENDPOINT_MODEL
+    by = "sum by (endpoint, model)"
+
+    board.row("Now")
+    board.add(
+        stat(
+            "Endpoint up",
+            "1 when the exporter could scrape the serving engine's metrics on its last tick.",
+            [Q(f"tpw_endpoint_up{{{e}}}", "{{endpoint}}")],
+            "none",
+            mappings=UP_DOWN,
+            graph=False,
+        ),
+        width=4,
+        height=4,
+    )
+    board.add(
+        stat(
+            "Requests/s",
+            "Requests finished per second, every outcome (rate of the engine's request counter).",
+            [Q(f"sum(rate(tpw_endpoint_requests_total{{{em}}}{RATE}))")],
+            "reqps",
+        ),
+        width=4,
+        height=4,
+    )
+    board.add(
+        stat(
+            "Generation tokens/s",
+            "Tokens generated per second by the selected endpoints (rate of the engine's token counter).",
+            [Q(f"sum(rate(tpw_endpoint_generation_tokens_total{{{em}}}{RATE}))")],
+            TOKENS_PER_SECOND,
+        ),
+        width=4,
+        height=4,
+    )
+    board.add(
+        stat(
+            "Tokens per joule",
+            "Generated tokens per joule of the energy of the GPUs serving the endpoint (exporter-derived "
+            "over its derive window). Higher is better.",
+            [Q(f"tpw_endpoint_tokens_per_joule{{{em}}}", "{{endpoint}} {{model}}")],
+            TOKENS_PER_JOULE,
+            decimals=1,
+        ),
+        width=4,
+        height=4,
+    )
+    board.add(
+        stat(
+            "Joules per request",
+            "GPU energy per finished request over the exporter's derive window. Lower is better; it falls "
+            "as batches grow.",
+            [Q(f"tpw_endpoint_joules_per_request{{{em}}}", "{{endpoint}} {{model}}")],
+            "joule",
+        ),
+        width=4,
+        height=4,
+    )
+    board.add(
+        stat(
+            "Mean time to first token",
+            "Mean TTFT of the requests that got their first token in the rate window.",
+            [
+                Q(
+                    f"sum(rate(tpw_endpoint_time_to_first_token_seconds_sum{{{em}}}{RATE}))"
+                    f" / sum(rate(tpw_endpoint_time_to_first_token_seconds_count{{{em}}}{RATE}))"
+                )
+            ],
+            "s",
+        ),
+        width=4,
+        height=4,
+    )
+
+    board.row("Load: batch vs queue")
+    board.add(
+        timeseries(
+            "Requests/s by outcome",
+            "Finished requests per second by outcome (success, failure, aborted…; unknown when the engine "
+            "does not split them).",
+            [
+                Q(
+                    f"sum by (endpoint, outcome) (rate(tpw_endpoint_requests_total{{{em}}}{RATE}))",
+                    "{{endpoint}} {{outcome}}",
+                )
+            ],
+            "reqps",
+            stack=True,
+            overrides=[fixed_color(".* failure", "red"), fixed_color(".* aborted", "orange")],
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Running (batch) vs waiting (queue)",
+            "Requests the engine is running now (its batch) and requests waiting for a slot (its queue). "
+            "A growing queue with a flat batch means the endpoint is saturated (KV cache or max batch); "
+            "a small batch with no queue means there is not enough load to use the GPUs efficiently.",
+            [
+                Q(f"{by} (tpw_endpoint_requests_running{{{em}}})", "{{endpoint}} running"),
+                Q(f"{by} (tpw_endpoint_requests_waiting{{{em}}})", "{{endpoint}} waiting"),
+            ],
+            "short",
+            overrides=[fixed_color(".* waiting", "red")],
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "KV cache usage",
+            "Fraction of the KV cache in use. Near 100 % the engine preempts or queues requests.",
+            [Q(f"avg by (endpoint, model) (tpw_endpoint_kv_cache_usage_ratio{{{em}}})", "{{endpoint}}")],
+            "percentunit",
+            max_value=1,
+        ),
+        width=8,
+        height=8,
+    )
+
+    board.row("Throughput and latency")
+    board.add(
+        timeseries(
+            "Tokens/s: prompt vs generation",
+            "Prompt (prefill) and generated (decode) tokens per second. Prefill is cheap per token "
+            "(compute-bound), decode is expensive (memory-bound).",
+            [
+                Q(f"{by} (rate(tpw_endpoint_prompt_tokens_total{{{em}}}{RATE}))", "{{endpoint}} prompt"),
+                Q(
+                    f"{by} (rate(tpw_endpoint_generation_tokens_total{{{em}}}{RATE}))",
+                    "{{endpoint}} generation",
+                ),
+            ],
+            TOKENS_PER_SECOND,
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Mean time to first token",
+            "Mean TTFT over the rate window (sum/count of the engine's histogram): the prefill and queueing "
+            "delay users feel first.",
+            [
+                Q(
+                    f"{by} (rate(tpw_endpoint_time_to_first_token_seconds_sum{{{em}}}{RATE}))"
+                    f" / {by} (rate(tpw_endpoint_time_to_first_token_seconds_count{{{em}}}{RATE}))",
+                    "{{endpoint}} {{model}}",
+                )
+            ],
+            "s",
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Mean end-to-end latency",
+            "Mean request latency over the rate window, from arrival to the last token.",
+            [
+                Q(
+                    f"{by} (rate(tpw_endpoint_request_latency_seconds_sum{{{em}}}{RATE}))"
+                    f" / {by} (rate(tpw_endpoint_request_latency_seconds_count{{{em}}}{RATE}))",
+                    "{{endpoint}} {{model}}",
+                )
+            ],
+            "s",
+        ),
+        width=8,
+        height=8,
+    )
+
+    board.row("Energy efficiency")
+    board.add(
+        timeseries(
+            "Tokens per joule",
+            "Generated tokens per joule of the GPUs serving the endpoint. It rises with batch size until "
+            "the GPUs are compute-bound; a drop at constant load is the signal to investigate.",
+            [Q(f"tpw_endpoint_tokens_per_joule{{{em}}}", "{{endpoint}} {{model}}")],
+            TOKENS_PER_JOULE,
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Joules per request and per token",
+            "GPU energy per finished request (left axis) and per generated token (right axis).",
+            [
+                Q(f"tpw_endpoint_joules_per_request{{{em}}}", "{{endpoint}} per request"),
+                Q(f"tpw_endpoint_joules_per_token{{{em}}}", "{{endpoint}} per token"),
+            ],
+            "joule",
+            overrides=[right_axis(".* per token", "joule")],
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Throughput per busy GPU-second",
+            "Generated tokens per second of GPU busy time (NVML utilization × GPUs): how much work the "
+            "engine gets out of the time its GPUs look busy. Low values with high utilization are the "
+            "'99 % busy, doing little' case.",
+            [Q(f"tpw_endpoint_tokens_per_busy_gpu_second{{{em}}}", "{{endpoint}} {{model}}")],
+            "suffix: tok/busy GPU·s",
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Endpoint power and GPU utilization",
+            "Power of the GPUs attributed to the endpoint (left) and their mean NVML utilization (right).",
+            [
+                Q(f"tpw_endpoint_power_watts{{{em}}}", "{{endpoint}} power"),
+                Q(f"tpw_endpoint_gpu_utilization_ratio{{{em}}}", "{{endpoint}} GPU utilization"),
+            ],
+            "watt",
+            overrides=[right_axis(".* GPU utilization", "percentunit")],
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Energy cost per million tokens",
+            "Electricity cost of a million generated tokens at the configured site price.",
+            [
+                Q(
+                    f"tpw_endpoint_energy_cost_per_million_tokens{{{em}}}",
+                    "{{endpoint}} {{currency}}",
+                    conditional=WHEN_PRICE,
+                )
+            ],
+            "short",
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "CO₂ per million tokens",
+            "Grams of CO₂ for a million generated tokens at the configured grid carbon intensity.",
+            [
+                Q(
+                    f"tpw_endpoint_co2_grams_per_million_tokens{{{em}}}",
+                    "{{endpoint}}",
+                    conditional=WHEN_CARBON,
+                )
+            ],
+            "suffix: g",
+        ),
+        width=8,
+        height=8,
+    )
+
+    board.row("Scrape health and attribution")
+    board.add(
+        timeseries(
+            "Endpoint scrape duration",
+            "How long the exporter took to fetch and parse the engine's /metrics on each tick.",
+            [Q(f"tpw_endpoint_scrape_duration_seconds{{{e}}}", "{{endpoint}}")],
+            "s",
+            fill=0,
+        ),
+        width=8,
+        height=7,
+    )
+    board.add(
+        timeseries(
+            "Endpoint scrape errors/s by reason",
+            "Failed scrapes of the engine per second, by reason (timeout, connection, http status, parse).",
+            [
+                Q(
+                    f"sum by (endpoint, reason) (rate(tpw_endpoint_scrape_errors_total{{{e}}}{RATE}))",
+                    "{{endpoint}} {{reason}}",
+                    conditional="only after a scrape of the endpoint failed since the exporter started",
+                )
+            ],
+            "short",
+        ),
+        width=8,
+        height=7,
+    )
+    board.add(
+        table(
+            "Endpoint and its GPUs",
+            "The endpoint's engine and URL, and the GPUs whose energy is attributed to it (attribution: "
+            "configured, or found from the engine's processes).",
+            [
+                Q(f"max by (cluster, instance, endpoint, engine, url) (tpw_endpoint_info{{{e}}})"),
+                Q(f"max by (cluster, instance, endpoint, gpu, attribution) (tpw_endpoint_gpu_info{{{e}}})"),
+            ],
+            columns={
+                "instance": "Node",
+                "endpoint": "Endpoint",
+                "engine": "Engine",
+                "url": "URL",
+                "gpu": "GPU",
+                "attribution": "Attribution",
+            },
+            hidden=("Time", "cluster", "Value #A", "Value #B"),
+        ),
+        width=8,
+        height=7,
+    )
+    return board
