@@ -28,7 +28,7 @@ from exporter import __version__
 from exporter.config import DEFAULT_PORT, Config, ConfigError, EndpointConfig, load_config
 from exporter.demo.scenarios import SCENARIOS
 from exporter.derive.window import Deriver
-from exporter.model import ENGINE_AUTO, ENGINE_NAMES
+from exporter.model import ENGINE_AUTO, ENGINE_NAMES, LOG_LEVELS
 from exporter.sources.base import Source, SourceError
 
 EXIT_CONFIG_ERROR = 2
@@ -67,9 +67,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds between collections (default 1; env TPW_INTERVAL)",
     )
-    parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity (default info)"
-    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info)")
     parser.add_argument(
         "--endpoint",
         action="append",

@@ -30,7 +30,7 @@ from pydantic import (
 from exporter.demo.scenarios import SCENARIOS
 from exporter.derive.bound import Thresholds
 from exporter.derive.window import Site
-from exporter.model import ENDPOINT_ENGINES, ENGINE_AUTO, ENGINE_GENERIC
+from exporter.model import ENDPOINT_ENGINES, ENGINE_AUTO, ENGINE_GENERIC, LOG_LEVELS, MIB
 
 ENV_PREFIX = "TPW_"
 ENV_CONFIG_FILE = "TPW_CONFIG"
@@ -38,7 +38,7 @@ DEFAULT_PORT = 9835
 
 # The one list of scenarios is exporter.demo.scenarios.SCENARIOS (the CLI's --scenario choices too).
 Scenario = Literal[SCENARIOS]  # type: ignore[valid-type]
-LogLevel = Literal["debug", "info", "warning", "error"]
+LogLevel = Literal[LOG_LEVELS]  # type: ignore[valid-type]
 
 
 class ConfigError(Exception):
@@ -144,7 +144,6 @@ MAX_WINDOW_SECONDS = 86400.0
 EngineName = Literal[ENDPOINT_ENGINES]  # type: ignore[valid-type]
 WorkUnit = Literal["tokens", "images", "samples", "requests"]
 ENDPOINT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-MIB = 1024 * 1024
 
 
 class EndpointConfig(_Strict):

@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+# Log levels the `log_level` setting and --log-level accept, from most to least verbose.
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+
 # Serving engines with a built-in profile (`exporter.engines.PROFILES`), in the order help and docs list them.
 ENGINE_NAMES: tuple[str, ...] = ("vllm", "sglang", "tgi", "triton", "llamacpp")
 ENGINE_AUTO = "auto"  # detect the engine from the metric names on its page

@@ -32,9 +32,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from exporter.model import GIB
+
 log = logging.getLogger("tpw_exporter.simulated")
 
-GIB = 1024**3
 H100_MEMORY_BYTES = 80 * GIB
 H100_PEAK_DRAM_BYTES_PER_SECOND = 5120 / 8 * 2619e6 * 2  # bus width × max memory clock × DDR ≈ 3.35 TB/s
 H100_POWER_LIMIT_WATTS = 700.0

@@ -35,12 +35,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
-from exporter.model import GpuInfo, GpuSample, NodeInfo, Profiling
+from exporter.model import MIB, GpuInfo, GpuSample, NodeInfo, Profiling
 from exporter.sources.base import Collected, Source, SourceError
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
 
 # GPM metric ids (pynvml.NVML_GPM_METRIC_*) → model keys. Ratios come as percent, rates as MiB/s.
 GPM_RATIO_METRICS: dict[str, int] = {

@@ -7,7 +7,7 @@ from typing import get_args
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from exporter.cli import build_parser
-from exporter.config import EndpointConfig
+from exporter.config import Config, EndpointConfig
 from exporter.derive.bound import Thresholds, classify_bound
 from exporter.engines import NORMALIZED_FIELDS, PROFILES
 from exporter.model import (
@@ -18,6 +18,9 @@ from exporter.model import (
     ENDPOINT_FIELDS,
     ENGINE_NAMES,
     EVIDENCE_SIGNALS,
+    GIB,
+    LOG_LEVELS,
+    MIB,
     WINDOWED_COUNTER_FIELDS,
     Derived,
     DerivedGpu,
@@ -109,3 +112,16 @@ def test_bound_states_and_evidence_signals_come_from_the_model() -> None:
     assert [(s.labels["bound"], s.value) for s in bound] == [(b, float(b == "memory")) for b in BOUND_STATES]
     signals = families["tpw_gpu_bound_evidence_ratio"].samples
     assert [(s.labels["signal"], s.value) for s in signals] == list(evidence.items())
+
+
+def test_log_levels_and_sizes_are_defined_once() -> None:
+    assert (
+        get_args(Config.model_fields["log_level"].annotation)
+        == LOG_LEVELS
+        == ("debug", "info", "warning", "error")
+    )
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    (flag,) = [action for action in serve._actions if action.dest == "log_level"]
+    assert tuple(flag.choices or ()) == LOG_LEVELS
+    assert (MIB, GIB) == (2**20, 2**30)
+    assert EndpointConfig.model_fields["max_body_bytes"].default == 16 * 2**20
