@@ -27,17 +27,24 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.demo.scenarios import SCENARIOS
-from exporter.derive.bound import Thresholds
-from exporter.derive.window import Site
-from exporter.model import ENDPOINT_ENGINES, ENGINE_AUTO, ENGINE_GENERIC, LOG_LEVELS, MIB
+from exporter.model import (
+    ENDPOINT_ENGINES,
+    ENGINE_AUTO,
+    ENGINE_GENERIC,
+    LOG_LEVELS,
+    MIB,
+    SCENARIO_NAMES,
+    Site,
+    Thresholds,
+    check_generic_mapping,
+)
 
 ENV_PREFIX = "TPW_"
 ENV_CONFIG_FILE = "TPW_CONFIG"
 DEFAULT_PORT = 9835
 
-# The one list of scenarios is exporter.demo.scenarios.SCENARIOS (the CLI's --scenario choices too).
-Scenario = Literal[SCENARIOS]  # type: ignore[valid-type]
+# The one list of scenarios is exporter.model.SCENARIO_NAMES (the CLI's --scenario choices too).
+Scenario = Literal[SCENARIO_NAMES]  # type: ignore[valid-type]
 LogLevel = Literal[LOG_LEVELS]  # type: ignore[valid-type]
 
 
@@ -183,9 +190,7 @@ class EndpointConfig(_Strict):
     @classmethod
     def _check_mapping(cls, mapping: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
         if mapping is not None and info.data.get("engine") == ENGINE_GENERIC:
-            from exporter.engines import generic_profile
-
-            generic_profile(mapping, info.data.get("unit", "tokens"))  # raises ValueError naming the bad key
+            check_generic_mapping(mapping, info.data.get("unit", "tokens"))  # ValueError naming the bad key
         return mapping
 
     @model_validator(mode="after")

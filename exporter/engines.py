@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from exporter.model import ENDPOINT_FIELD_NAMES, ENGINE_GENERIC, EndpointValue
+from exporter.model import ENDPOINT_FIELD_NAMES, ENGINE_GENERIC, EndpointValue, check_generic_mapping
 from exporter.promtext import Sample
 
 __all__ = [
@@ -324,19 +324,7 @@ def generic_profile(
     ``work_units_total`` may only be mapped when it is not ``tokens``. Raises ``ValueError``
     naming the offending key, and the allowed ones, on a bad mapping.
     """
-    allowed = ", ".join(NORMALIZED_FIELDS)
-    for key, metric in mapping.items():
-        if key not in NORMALIZED_FIELDS:
-            raise ValueError(f"unknown normalized field {key!r} in generic mapping; allowed: {allowed}")
-        if not isinstance(metric, str) or not metric.strip():
-            raise ValueError(f"generic mapping for {key!r} must be a non-empty metric name, got {metric!r}")
-    if not unit or not unit.strip():
-        raise ValueError("generic endpoint unit must be a non-empty string such as 'tokens' or 'images'")
-    if unit == "tokens" and "work_units_total" in mapping:
-        raise ValueError(
-            "'work_units_total' is only for endpoints whose unit is not tokens; "
-            "map 'generation_tokens_total' instead or set another unit"
-        )
+    check_generic_mapping(mapping, unit)
     return EngineProfile(
         name=ENGINE_GENERIC,
         fields={key: (_one(metric.strip()),) for key, metric in mapping.items()},

@@ -3,10 +3,15 @@
 Plain frozen dataclasses: cheap to build every tick, safe to share between the collecting thread and the
 HTTP handlers, and serialisable to JSON through pydantic (`exporter.app`). Every measured field is
 optional: `None` means "not measured on this GPU" and renders as an absent series, never as 0.
+
+Also the schema facts every layer shares, each defined once here: the normalized endpoint fields, engine
+names, bound states and evidence signals, log levels, scenario names, and the value types the
+configuration builds (`Thresholds`, `Site`), so that `exporter.config` imports no other module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -100,6 +105,76 @@ ENDPOINT_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in ENDPOINT_FIELDS)
 ENDPOINT_COUNTER_FIELDS: frozenset[str] = frozenset(f.name for f in ENDPOINT_FIELDS if f.kind == "counter")
 # The work counters the derive window takes increases of (throughput, per-joule and per-request values).
 WINDOWED_COUNTER_FIELDS: tuple[str, ...] = tuple(f.name for f in ENDPOINT_FIELDS if f.windowed)
+
+
+# The demo's scenarios (`exporter.demo.scenarios.SCENARIO_SPECS` describes each), in help's order.
+SCENARIO_NAMES: tuple[str, ...] = (
+    "idle",
+    "compute-bound",
+    "memory-bound",
+    "launch-bound",
+    "mixed",
+    "healthy",
+    "busy-flat",
+    "input-bound",
+    "bandwidth-saturated",
+    "efficiency-regression",
+    "batch-drop",
+    "memory-leak",
+    "throttling",
+    "endpoint-down",
+)
+
+
+def check_generic_mapping(mapping: Mapping[str, str], unit: str) -> None:
+    """A generic endpoint's mapping (normalized field → source metric name) and unit, or ValueError.
+
+    The error names the offending key and the allowed ones.
+    """
+    allowed = ", ".join(ENDPOINT_FIELD_NAMES)
+    for key, metric in mapping.items():
+        if key not in ENDPOINT_FIELD_NAMES:
+            raise ValueError(f"unknown normalized field {key!r} in generic mapping; allowed: {allowed}")
+        if not isinstance(metric, str) or not metric.strip():
+            raise ValueError(f"generic mapping for {key!r} must be a non-empty metric name, got {metric!r}")
+    if not unit or not unit.strip():
+        raise ValueError("generic endpoint unit must be a non-empty string such as 'tokens' or 'images'")
+    if unit == "tokens" and "work_units_total" in mapping:
+        raise ValueError(
+            "'work_units_total' is only for endpoints whose unit is not tokens; "
+            "map 'generation_tokens_total' instead or set another unit"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Roofline classification thresholds on window-mean GPM ratios (0..1), checked in this order:
+
+    idle     graphics < idle_graphics_below
+    compute  max(tensor, fp) >= compute_pipe_at_least
+    memory   dram >= memory_dram_at_least and tensor < low_tensor_below
+    latency  sm < latency_sm_below and dram < memory_dram_at_least and tensor < low_tensor_below
+             (the engine is busy but the SMs are not: launch- or synchronization-bound)
+    mixed    anything else (e.g. a decode batch near the ridge point: tensor and DRAM both substantial)
+
+    Calibrated on docs/h100-reference.md; see test_bound.py for every reference row.
+    """
+
+    idle_graphics_below: float = 0.05
+    compute_pipe_at_least: float = 0.5
+    memory_dram_at_least: float = 0.4
+    low_tensor_below: float = 0.25
+    latency_sm_below: float = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Facility figures for cost and carbon; None leaves the matching metric absent."""
+
+    electricity_price_per_kwh: float | None = None
+    currency: str = "USD"
+    pue: float = 1.0
+    carbon_intensity_grams_per_kwh: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

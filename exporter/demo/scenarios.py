@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from exporter.model import GIB
+from exporter.model import GIB, SCENARIO_NAMES
 
 log = logging.getLogger("tpw_exporter.simulated")
 
@@ -352,7 +352,7 @@ SCENARIO_SPECS: dict[str, ScenarioSpec] = {
         alert="TPWEndpointDown",
     ),
 }
-SCENARIOS: tuple[str, ...] = tuple(SCENARIO_SPECS)
+SCENARIOS: tuple[str, ...] = SCENARIO_NAMES  # SCENARIO_SPECS has exactly these, in this order
 
 
 @dataclass(frozen=True)

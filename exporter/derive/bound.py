@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-from exporter.model import BOUND_STATES, EVIDENCE_SIGNALS, Profiling
+from exporter.model import BOUND_STATES, EVIDENCE_SIGNALS, Profiling, Thresholds
 
 __all__ = [
     "BOUND_STATES",
@@ -31,27 +30,6 @@ EVIDENCE_KEYS: dict[str, str] = {
     "graphics": "graphics_active",
 }
 FP_KEYS: tuple[str, ...] = ("fp16_active", "fp32_active", "fp64_active")
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """Roofline classification thresholds on window-mean GPM ratios (0..1), checked in this order:
-
-    idle     graphics < idle_graphics_below
-    compute  max(tensor, fp) >= compute_pipe_at_least
-    memory   dram >= memory_dram_at_least and tensor < low_tensor_below
-    latency  sm < latency_sm_below and dram < memory_dram_at_least and tensor < low_tensor_below
-             (the engine is busy but the SMs are not: launch- or synchronization-bound)
-    mixed    anything else (e.g. a decode batch near the ridge point: tensor and DRAM both substantial)
-
-    Calibrated on docs/h100-reference.md; see tests/test_bound.py for every reference row.
-    """
-
-    idle_graphics_below: float = 0.05
-    compute_pipe_at_least: float = 0.5
-    memory_dram_at_least: float = 0.4
-    low_tensor_below: float = 0.25
-    latency_sm_below: float = 0.3
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from exporter.derive.bound import (
     EVIDENCE_KEYS,
     FP_KEYS,
-    Thresholds,
     bound_evidence,
     classify_bound,
 )
@@ -44,22 +43,14 @@ from exporter.model import (
     DerivedGpu,
     EndpointSample,
     GpuSample,
+    Site,
     Snapshot,
+    Thresholds,
 )
 
 TOKENS = "tokens"
 JOULES_PER_KWH = 3.6e6
 MULTIPLE_MODELS = "multiple"
-
-
-@dataclass(frozen=True, slots=True)
-class Site:
-    """Facility figures for cost and carbon; None leaves the matching metric absent."""
-
-    electricity_price_per_kwh: float | None = None
-    currency: str = "USD"
-    pue: float = 1.0
-    carbon_intensity_grams_per_kwh: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------

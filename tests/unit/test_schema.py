@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import get_args
 
+import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+import exporter.config
 from exporter.cli import build_parser
-from exporter.config import Config, EndpointConfig
+from exporter.config import Config, ConfigError, EndpointConfig, load_config
+from exporter.demo.scenarios import SCENARIO_SPECS, SCENARIOS
 from exporter.derive.bound import Thresholds, classify_bound
-from exporter.engines import NORMALIZED_FIELDS, PROFILES
+from exporter.engines import NORMALIZED_FIELDS, PROFILES, generic_profile
 from exporter.model import (
     BOUND_STATES,
     ENDPOINT_COUNTER_FIELDS,
@@ -21,6 +26,7 @@ from exporter.model import (
     GIB,
     LOG_LEVELS,
     MIB,
+    SCENARIO_NAMES,
     WINDOWED_COUNTER_FIELDS,
     Derived,
     DerivedGpu,
@@ -125,3 +131,40 @@ def test_log_levels_and_sizes_are_defined_once() -> None:
     assert tuple(flag.choices or ()) == LOG_LEVELS
     assert (MIB, GIB) == (2**20, 2**30)
     assert EndpointConfig.model_fields["max_body_bytes"].default == 16 * 2**20
+
+
+def test_scenario_specs_are_exactly_the_scenario_names() -> None:
+    assert tuple(SCENARIO_SPECS) == SCENARIO_NAMES == SCENARIOS
+    assert get_args(Config.model_fields["simulation"].annotation.model_fields["scenario"].annotation) == (
+        SCENARIO_NAMES
+    )
+
+
+def test_config_imports_no_module_of_the_package_but_the_model() -> None:
+    tree = ast.parse(Path(exporter.config.__file__).read_text(encoding="utf-8"))
+    imported: set[str] = set()
+    for node in ast.walk(tree):  # every import, also those inside functions
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import in exporter/config.py"
+            imported.add(node.module or "")
+    package = {name for name in imported if name == "exporter" or name.startswith("exporter.")}
+    assert package == {"exporter.model"}
+
+
+@pytest.mark.parametrize(
+    ("mapping", "unit"),
+    [
+        ({"tokens_total": "x"}, "tokens"),
+        ({"generation_tokens_total": " "}, "tokens"),
+        ({"work_units_total": "images_total"}, "tokens"),
+    ],
+)
+def test_config_and_engines_reject_a_bad_generic_mapping_alike(mapping: dict[str, str], unit: str) -> None:
+    with pytest.raises(ValueError) as from_engines:
+        generic_profile(mapping, unit)
+    endpoint = {"name": "g", "url": "http://x/metrics", "engine": "generic", "unit": unit, "mapping": mapping}
+    with pytest.raises(ConfigError) as from_config:
+        load_config(environ={}, overrides={"endpoints": [endpoint]})
+    assert str(from_engines.value) in str(from_config.value)
