@@ -27,14 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exporter.model import GIB, SCENARIO_NAMES
-
-log = logging.getLogger("tpw_exporter.simulated")
 
 H100_MEMORY_BYTES = 80 * GIB
 H100_PEAK_DRAM_BYTES_PER_SECOND = 5120 / 8 * 2619e6 * 2  # bus width × max memory clock × DDR ≈ 3.35 TB/s
@@ -237,9 +234,8 @@ WORKLOADS["busy-flat+1"] = WORKLOADS["busy-flat"]  # same GPU, one phase later (
 WORKLOADS["batch-cut-queued"] = WORKLOADS["batch-cut"]  # same GPU, queue built up
 MIXED_CYCLE: tuple[str, ...] = ("idle", "compute-bound", "memory-bound", "launch-bound")
 
-# Values that do not blend between keyframes: a bitmask and a setting take the value of the keyframe the
-# GPU is moving toward.
-DISCRETE_FIELDS: tuple[str, ...] = ("clock_event_reasons", "power_limit_watts")
+# clock_event_reasons (a bitmask) and power_limit_watts (a setting) do not blend between keyframes: the
+# simulated GPU takes them from the keyframe it is moving toward (`Blend.end`).
 
 
 @dataclass(frozen=True)
