@@ -333,7 +333,7 @@ def test_schedule_switches_repeats_and_restarts_each_scenario_clock() -> None:
 def test_simulated_source_reports_and_logs_the_current_scenario(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     source = SimulatedSource(gpus=2, clock=clock, schedule=[("busy-flat", 5.0), ("healthy", 5.0)])
-    caplog.set_level(logging.INFO, logger="tpw_exporter.simulated")
+    caplog.set_level(logging.INFO, logger="exporter.sources.simulated")
     names = []
     for _ in range(12):
         names.append(asyncio.run(source.collect()).node.simulated_scenario)

@@ -26,7 +26,7 @@ from exporter.demo.scenarios import (
 from exporter.model import PROFILING_RATIOS, GpuInfo, GpuSample, NodeInfo, Profiling
 from exporter.sources.base import Collected, Source
 
-log = logging.getLogger("tpw_exporter.simulated")
+log = logging.getLogger(__name__)
 
 
 def simulated_gpu_info(index: int) -> GpuInfo:
