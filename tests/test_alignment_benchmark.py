@@ -81,7 +81,7 @@ def test_engine_tokens_are_the_integral_of_the_rate() -> None:
     t = 0.0
     while t < 40.0 - 1e-9:
         middle = t + step / 2
-        total += sum(engine.rate(engine.scenario.workload_at(g, middle)) for g in range(2)) * step
+        total += sum(engine.rate(engine.scenario.blend_at(g, middle).end) for g in range(2)) * step
         t += step
     assert engine.tokens(40.0) == pytest.approx(total, rel=1e-6)
     assert engine.tokens(0.0) == 0

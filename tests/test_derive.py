@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.derive.window import Deriver, Site, counter_increase, derive_snapshots, field_increase
+from exporter.derive.window import Deriver, Frame, Site, counter_increase, derive, field_increase, make_frame
 from exporter.model import (
     Derived,
     DerivedEndpoint,
@@ -25,6 +25,14 @@ from exporter.model import (
 )
 
 PEAK = 3.35e12
+
+
+def derive_snapshots(snapshots: Sequence[Snapshot]) -> Derived:
+    """`derive` over plain snapshots (oldest first, at least one): what the Deriver computes for them."""
+    frames: list[Frame] = []
+    for snapshot in snapshots:
+        frames.append(make_frame(snapshot, frames[-1] if frames else None))
+    return derive(frames[0].mark, frames[-1])
 
 
 def gpu(

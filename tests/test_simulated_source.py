@@ -38,14 +38,14 @@ def test_energy_never_decreases() -> None:
 
 def test_mixed_scenario_offsets_gpus_by_one_phase() -> None:
     scenario = Scenario("mixed", phase_seconds=10.0)
-    assert [scenario.workload_at(gpu, 5.0) for gpu in range(4)] == [
+    assert [scenario.blend_at(gpu, 5.0).end for gpu in range(4)] == [
         "idle",
         "compute-bound",
         "memory-bound",
         "launch-bound",
     ]
-    assert scenario.workload_at(0, 15.0) == "compute-bound"
-    assert scenario.workload_at(0, 45.0) == "idle"  # the cycle repeats
+    assert scenario.blend_at(0, 15.0).end == "compute-bound"
+    assert scenario.blend_at(0, 45.0).end == "idle"  # the cycle repeats
 
 
 def test_unknown_scenario_is_refused() -> None:

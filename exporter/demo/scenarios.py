@@ -424,10 +424,6 @@ class Plan:
     def engine_up(self, t: float) -> bool:
         return True
 
-    def workload_at(self, gpu: int, t: float) -> str:
-        """The workload the GPU runs (or moves toward) at t."""
-        return self.blend_at(gpu, t).end
-
     def value_at(self, gpu: int, t: float, value: Callable[[str], float]) -> float:
         return self.blend_at(gpu, t).mix(value)
 

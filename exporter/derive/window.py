@@ -381,14 +381,6 @@ def make_frame(snapshot: Snapshot, previous: Frame | None) -> Frame:
     return Frame(snapshot, gpus, endpoints, gpu_steps, endpoint_steps, mark, models, attributions, units)
 
 
-def frames_of(snapshots: Iterable[Snapshot]) -> list[Frame]:
-    """Index snapshots (oldest first) into frames with their steps and running totals."""
-    frames: list[Frame] = []
-    for snapshot in snapshots:
-        frames.append(make_frame(snapshot, frames[-1] if frames else None))
-    return frames
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The window
 
@@ -557,14 +549,6 @@ def derive(first: Mark, last: Frame, thresholds: Thresholds = Thresholds(), site
         gpus=gpus,
         currency=site.currency,
     )
-
-
-def derive_snapshots(
-    snapshots: Sequence[Snapshot], thresholds: Thresholds = Thresholds(), site: Site = Site()
-) -> Derived:
-    """`derive` over plain snapshots (oldest first, at least one): what the Deriver computes for them."""
-    frames = frames_of(snapshots)
-    return derive(frames[0].mark, frames[-1], thresholds, site)
 
 
 class Deriver:
