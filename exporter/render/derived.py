@@ -7,21 +7,19 @@ sample at all, so a dashboard never sees NaN, Inf or a made-up 0. Formulas: `exp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from exporter.model import BOUND_STATES, EVIDENCE_SIGNALS, DerivedEndpoint, DerivedGpu, Snapshot
+from exporter.render.families import GaugeTable, gauge, table_families
 
 WINDOW_NOTE = "over the derive window (derive.window)"
 ENERGY_NOTE = "from GPU energy-counter deltas over the same ticks as the counters, not from power samples"
 SHARED_NOTE = "a GPU shared by several endpoints counts in each"
 FACILITY_NOTE = "facility energy = GPU energy × site.pue; host CPU/DRAM energy is not included"
 
-EndpointGetter = Callable[[DerivedEndpoint], "float | None"]
-GpuGetter = Callable[[DerivedGpu], "float | None"]
-
-ENDPOINT_GAUGES: tuple[tuple[str, str, EndpointGetter], ...] = (
+ENDPOINT_GAUGES: GaugeTable[DerivedEndpoint] = (
     (
         "tpw_endpoint_window_seconds",
         "Time the endpoint's derived values cover: the ticks of the window where it was up and readable.",
@@ -80,7 +78,7 @@ ENDPOINT_GAUGES: tuple[tuple[str, str, EndpointGetter], ...] = (
     ),
 )
 
-WORK_UNIT_GAUGES: tuple[tuple[str, str, EndpointGetter], ...] = (
+WORK_UNIT_GAUGES: GaugeTable[DerivedEndpoint] = (
     (
         "tpw_endpoint_work_units_per_second",
         f"Units of work (label unit) per second of a non-token endpoint {WINDOW_NOTE}.",
@@ -98,7 +96,7 @@ WORK_UNIT_GAUGES: tuple[tuple[str, str, EndpointGetter], ...] = (
     ),
 )
 
-GPU_GAUGES: tuple[tuple[str, str, GpuGetter], ...] = (
+GPU_GAUGES: GaugeTable[DerivedGpu] = (
     (
         "tpw_gpu_dram_bandwidth_bytes_per_second",
         "Achieved DRAM bandwidth over the current GPM window: DRAM bandwidth utilization × peak bandwidth.",
@@ -123,17 +121,13 @@ GPU_GAUGES: tuple[tuple[str, str, GpuGetter], ...] = (
 )
 
 
-def _gauge(name: str, help_text: str, labels: list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, help_text, labels=labels)
-
-
 def derived_families(snapshot: Snapshot) -> Iterator[Metric]:
     """The derived metric families of a snapshot; families without samples when nothing is derived."""
     derived = snapshot.derived
     endpoints = derived.endpoints if derived is not None else ()
     gpus = derived.gpus if derived is not None else ()
 
-    window = _gauge(
+    window = gauge(
         "tpw_derive_window_seconds",
         "Span the derive window actually covers now, first to last tick (grows to derive.window at start).",
         [],
@@ -143,28 +137,22 @@ def derived_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield window
 
     tokens = [e for e in endpoints if e.unit == "tokens"]
-    for name, help_text, getter in ENDPOINT_GAUGES:
-        family = _gauge(name, help_text, ["endpoint", "model"])
-        for endpoint in endpoints:
-            value = getter(endpoint)
-            if value is not None:
-                family.add_metric([endpoint.name, endpoint.model], value)
-        yield family
-    for name, help_text, getter in WORK_UNIT_GAUGES:
-        family = _gauge(name, help_text, ["endpoint", "model", "unit"])
-        for endpoint in endpoints:
-            value = getter(endpoint)
-            if value is not None and endpoint.unit != "tokens":
-                family.add_metric([endpoint.name, endpoint.model, endpoint.unit], value)
-        yield family
+    yield from table_families(
+        ENDPOINT_GAUGES, ["endpoint", "model"], [((e.name, e.model), e) for e in endpoints]
+    )
+    yield from table_families(
+        WORK_UNIT_GAUGES,
+        ["endpoint", "model", "unit"],
+        [((e.name, e.model, e.unit), e) for e in endpoints if e.unit != "tokens"],
+    )
 
-    cost = _gauge(
+    cost = gauge(
         "tpw_endpoint_energy_cost_per_million_tokens",
         "Electricity cost (label currency) per million generated tokens: GPU energy × site.pue × "
         f"site.electricity_price_per_kwh {WINDOW_NOTE}; {FACILITY_NOTE}.",
         ["endpoint", "model", "currency"],
     )
-    co2 = _gauge(
+    co2 = gauge(
         "tpw_endpoint_co2_grams_per_million_tokens",
         "Grams of CO2 per million generated tokens: GPU energy × site.pue × "
         f"site.carbon_intensity_grams_per_kwh {WINDOW_NOTE}; {FACILITY_NOTE}.",
@@ -180,22 +168,16 @@ def derived_families(snapshot: Snapshot) -> Iterator[Metric]:
             co2.add_metric([endpoint.name, endpoint.model], endpoint.co2_grams_per_million_tokens)
     yield from (cost, co2)
 
-    for name, help_text, getter in GPU_GAUGES:
-        family = _gauge(name, help_text, ["gpu"])
-        for gpu in gpus:
-            value = getter(gpu)
-            if value is not None:
-                family.add_metric([str(gpu.index)], value)
-        yield family
+    yield from table_families(GPU_GAUGES, ["gpu"], [((str(gpu.index),), gpu) for gpu in gpus])
 
-    bound = _gauge(
+    bound = gauge(
         "tpw_gpu_bound",
         "Roofline bound of the GPU over the derive window, from window-mean GPM ratios: 1 for the current "
         "state (compute, memory, latency = engine busy but SMs idle, idle, mixed), 0 for the others. "
         "Absent without GPM.",
         ["gpu", "bound"],
     )
-    evidence = _gauge(
+    evidence = gauge(
         "tpw_gpu_bound_evidence_ratio",
         "Window-mean GPM ratio the bound classification used: tensor, fp (max of fp16/fp32/fp64 pipes), "
         "dram (bandwidth utilization), sm (SM activity), graphics (engine activity).",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
 
 from exporter.model import ATTRIBUTION_PENDING, ENDPOINT_FIELDS, EndpointField, EndpointSample, Snapshot
+from exporter.render.families import gauge
 
 # summary name → (help, sum field, count field)
 SUMMARIES: dict[str, tuple[str, str, str]] = {
@@ -40,17 +41,17 @@ def simple_metric_name(field: EndpointField) -> str:
 
 
 def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
-    up = GaugeMetricFamily(
+    up = gauge(
         "tpw_endpoint_up",
         "1 if the endpoint's metrics page was scraped and understood this tick.",
         labels=["endpoint", "engine"],
     )
-    duration = GaugeMetricFamily(
+    duration = gauge(
         "tpw_endpoint_scrape_duration_seconds",
         "Time the last scrape of the endpoint took.",
         labels=["endpoint"],
     )
-    info = GaugeMetricFamily(
+    info = gauge(
         "tpw_endpoint_info",
         "Always 1: the endpoint's engine, URL (credentials removed) and unit of work.",
         labels=["endpoint", "engine", "url", "unit"],
@@ -66,25 +67,25 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
         "Engine counters seen going backwards (restarts) since start.",
         labels=["endpoint"],
     )
-    attribution = GaugeMetricFamily(
+    attribution = gauge(
         "tpw_endpoint_gpu_info",
         "Always 1: a GPU attributed to the endpoint; "
         "attribution = config | auto | all (fallback: every GPU); none while auto is pending.",
         labels=["endpoint", "gpu", "attribution"],
     )
-    share = GaugeMetricFamily(
+    share = gauge(
         "tpw_endpoint_gpu_energy_share_ratio",
         "Part of the GPU's energy counted as the endpoint's (1 unless endpoints share the GPU: then split by "
         "their processes' SM utilisation, or evenly); a GPU's shares add up to 1.",
         labels=["endpoint", "gpu"],
     )
-    pending = GaugeMetricFamily(
+    pending = gauge(
         "tpw_endpoint_attribution_pending",
         "1 while gpus: auto has not found the endpoint's GPUs yet (its energy-derived metrics are absent "
         "meanwhile), else 0.",
         labels=["endpoint"],
     )
-    start = GaugeMetricFamily(
+    start = gauge(
         "tpw_endpoint_process_start_time_seconds",
         "The engine's own process_start_time_seconds: a change marks a restart or a deploy.",
         labels=["endpoint"],
@@ -115,9 +116,9 @@ def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
         "tpw_endpoint_work_units", _FIELD_HELP["work_units_total"], labels=[*LABELS, "unit"]
     )
     simple: dict[str, Metric] = {
-        field.name: (CounterMetricFamily if field.kind == "counter" else GaugeMetricFamily)(
-            simple_metric_name(field), field.help, labels=LABELS
-        )
+        field.name: CounterMetricFamily(simple_metric_name(field), field.help, labels=LABELS)
+        if field.kind == "counter"
+        else gauge(simple_metric_name(field), field.help, LABELS)
         for field in SIMPLE_FIELDS
     }
     # (endpoint, engine, model) → {field: value} for the latency sums and counts

@@ -11,20 +11,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter import __version__
-from exporter.model import CLOCK_EVENT_REASONS, PROFILING_RATES, GpuSample, Snapshot
+from exporter.model import CLOCK_EVENT_REASONS, PROFILING_RATES, GpuSample, Profiling, Snapshot
+from exporter.render.families import GaugeTable, gauge, table_families
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-GpuGetter = Callable[[GpuSample], "float | None"]
-
 # (metric name, help, value getter) for the per-GPU gauges that come straight from one sample field.
-GPU_GAUGES: tuple[tuple[str, str, GpuGetter], ...] = (
+GPU_GAUGES: GaugeTable[GpuSample] = (
     (
         "tpw_gpu_power_watts",
         "Instantaneous board power draw (NVML field POWER_INSTANT).",
@@ -77,18 +76,14 @@ class Exposition:
     openmetrics: bytes
 
 
-def _gauge(name: str, help_text: str, labels: Iterable[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, help_text, labels=list(labels))
-
-
 def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
     info = InfoMetricFamily(
         "tpw_gpu",
         'Static GPU identity; join on `gpu`. simulated="true" marks the demo node.',
         labels=["gpu"],
     )
-    up = _gauge("tpw_gpu_up", "1 if the GPU was read this tick, 0 if it is lost or its read failed.", ["gpu"])
-    supported = _gauge(
+    up = gauge("tpw_gpu_up", "1 if the GPU was read this tick, 0 if it is lost or its read failed.", ["gpu"])
+    supported = gauge(
         "tpw_gpu_profiling_supported",
         "1 if the GPU supports GPM profiling metrics (Hopper and newer).",
         ["gpu"],
@@ -110,13 +105,7 @@ def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
     yield from (info, up, supported)
 
     live = [gpu for gpu in gpus if gpu.up]
-    for name, help_text, getter in GPU_GAUGES:
-        family = _gauge(name, help_text, ["gpu"])
-        for gpu in live:
-            value = getter(gpu)
-            if value is not None:
-                family.add_metric([str(gpu.info.index)], float(value))
-        yield family
+    yield from table_families(GPU_GAUGES, ["gpu"], [((str(gpu.info.index),), gpu) for gpu in live])
 
     energy = CounterMetricFamily(
         "tpw_gpu_energy_joules",
@@ -129,7 +118,7 @@ def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
             energy.add_metric([str(gpu.info.index)], gpu.energy_joules)
     yield energy
 
-    clock_events = _gauge(
+    clock_events = gauge(
         "tpw_gpu_clock_event_active",
         "1 while NVML reports this clock event (throttle) reason, e.g. sw_power_cap or hw_thermal_slowdown.",
         ["gpu", "reason"],
@@ -145,24 +134,33 @@ def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
     yield from _profiling_families(live)
 
 
+def _profiling_metric(key: str) -> str:
+    return f"tpw_gpu_{key}" if key in PROFILING_RATES else f"tpw_gpu_{key}_ratio"
+
+
+def _profiling_getter(key: str) -> Callable[[Profiling], float | None]:
+    if key in PROFILING_RATES:
+        return lambda profiling: profiling.rates.get(key)
+    return lambda profiling: profiling.ratios.get(key)
+
+
+# The GPM window, then one gauge per GPM metric: tpw_gpu_<rate key>, tpw_gpu_<ratio key>_ratio.
+PROFILING_GAUGES: GaugeTable[Profiling] = (
+    (
+        "tpw_gpu_profiling_window_seconds",
+        "Length of the window the GPM metrics cover.",
+        lambda profiling: profiling.window_seconds,
+    ),
+    *(
+        (_profiling_metric(key), help_text, _profiling_getter(key))
+        for key, help_text in PROFILING_HELP.items()
+    ),
+)
+
+
 def _profiling_families(gpus: list[GpuSample]) -> Iterator[Metric]:
-    profiled = [gpu for gpu in gpus if gpu.profiling is not None]
-    window = _gauge(
-        "tpw_gpu_profiling_window_seconds", "Length of the window the GPM metrics cover.", ["gpu"]
-    )
-    for gpu in profiled:
-        assert gpu.profiling is not None
-        window.add_metric([str(gpu.info.index)], gpu.profiling.window_seconds)
-    yield window
-    for key, help_text in PROFILING_HELP.items():
-        is_rate = key in PROFILING_RATES
-        family = _gauge(f"tpw_gpu_{key}" if is_rate else f"tpw_gpu_{key}_ratio", help_text, ["gpu"])
-        for gpu in profiled:
-            assert gpu.profiling is not None
-            value = (gpu.profiling.rates if is_rate else gpu.profiling.ratios).get(key)
-            if value is not None:
-                family.add_metric([str(gpu.info.index)], value)
-        yield family
+    rows = [((str(gpu.info.index),), gpu.profiling) for gpu in gpus if gpu.profiling is not None]
+    yield from table_families(PROFILING_GAUGES, ["gpu"], rows)
 
 
 def _exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
@@ -189,8 +187,8 @@ def _exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
         simulation.add_metric([], {"scenario": snapshot.node.simulated_scenario})
         yield simulation
 
-    up = _gauge("tpw_source_up", "1 if the source delivered on the last tick, 0 if it failed.", ["source"])
-    duration = _gauge(
+    up = gauge("tpw_source_up", "1 if the source delivered on the last tick, 0 if it failed.", ["source"])
+    duration = gauge(
         "tpw_source_collect_duration_seconds", "Time the source took on the last tick.", ["source"]
     )
     for status in snapshot.sources:
@@ -198,15 +196,15 @@ def _exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
         duration.add_metric([status.name], status.duration_seconds)
     yield from (up, duration)
 
-    ready = _gauge("tpw_exporter_ready", "1 once the first collection tick has completed.", [])
+    ready = gauge("tpw_exporter_ready", "1 once the first collection tick has completed.", [])
     ready.add_metric([], 1.0 if snapshot.tick > 0 else 0.0)
     yield ready
     if snapshot.tick > 0:
-        tick_time = _gauge(
+        tick_time = gauge(
             "tpw_last_tick_timestamp_seconds", "Unix time of the last completed collection tick.", []
         )
         tick_time.add_metric([], snapshot.wall_time)
-        tick_duration = _gauge("tpw_tick_duration_seconds", "Time the last tick took, sources to bytes.", [])
+        tick_duration = gauge("tpw_tick_duration_seconds", "Time the last tick took, sources to bytes.", [])
         tick_duration.add_metric([], snapshot.duration_seconds)
         ticks = CounterMetricFamily("tpw_ticks", "Collection ticks completed since start.")
         ticks.add_metric([], float(snapshot.tick))
