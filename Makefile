@@ -2,12 +2,16 @@
 #   make demo   create .venv, install, run the exporter on the built-in simulated node
 #   make test   install what the tests need (Python deps; Debian's prometheus, promtool, amtool,
 #               systemd-analyze), lint, test
+# Or half of `make test`:
+#   make test-unit          lint, then the tests in process (tests/unit/; no Debian packages needed)
+#   make test-integration   the tests that run real components (tests/integration/, marker `integration`:
+#                           Prometheus, promtool, amtool, systemd-analyze, the exporter as a process)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: demo serve test lint tools benchmarks dashboards prometheusrule clean
+.PHONY: demo serve test test-unit test-integration lint tools benchmarks dashboards prometheusrule clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +57,12 @@ prometheusrule: $(VENV)/.installed
 
 test: $(VENV)/.installed-test tools lint
 	$(PY) -m pytest -q
+
+test-unit: $(VENV)/.installed-test lint
+	$(PY) -m pytest -q -m "not integration"
+
+test-integration: $(VENV)/.installed-test tools
+	$(PY) -m pytest -q -m integration
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -40,6 +40,12 @@ def checked_in() -> dict[str, dict[str, Any]]:
     return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
 
 
+# Read once at import, shared by tests/unit/test_dashboards.py and its promtool / build.py half under
+# tests/integration/ (test_dashboards.py's probe test adds and removes an entry).
+MODELS = checked_in()
+FILES = sorted(MODELS)
+
+
 def panels(model: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Every panel, rows and the panels inside collapsed rows included."""
     for panel in model.get("panels", []):

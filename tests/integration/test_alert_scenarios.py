@@ -1,14 +1,14 @@
 """Each demo scenario makes its alert fire with the shipped rules at production timings, and only its alert.
 
-The real pipeline (exporter process → Prometheus) is exercised by tests/test_alerts_e2e.py with a
-time-scaled copy of the rules. This test covers every scenario at the shipped timings (`for: 10m`, `[1h]`
-windows, the default 60 s phases) without waiting hours: it samples the demo's own simulated node and
+The real pipeline (exporter process → Prometheus) is exercised by tests/integration/test_alerts_e2e.py
+with a time-scaled copy of the rules. This test covers every scenario at the shipped timings (`for: 10m`,
+`[1h]` windows, the default 60 s phases) without waiting hours: it samples the demo's own simulated node and
 engine (exporter.sources.simulated, exporter.demo.engine) every 30 s, writes the series the exporter serves
 for them (raw values; tokens/s, requests/s and power as Δcounter/Δt over the exporter's default 30 s derive
 window; the endpoint's utilization and each GPU's bound from the sample of that instant, which for these
 slowly moving scenarios equals the window mean the exporter uses), and has promtool evaluate
 deploy/prometheus/rules/alerts.yml over them, asking which alerts fire when. The exporter's own derivation
-is exercised end to end by tests/test_alerts_e2e.py.
+is exercised end to end by tests/integration/test_alerts_e2e.py.
 """
 
 from __future__ import annotations

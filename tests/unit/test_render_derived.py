@@ -1,26 +1,22 @@
-"""Derived metrics in the exposition: the contract's names and labels, HELP, absent values, the stage."""
+"""Derived metrics in the exposition: the contract's names and labels, HELP, absent values, the stage.
+
+promtool's linter and a real demo process: tests/integration/test_render_derived_promtool_and_demo.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 
 import pytest
-from fake_nvml import Clock
-from helpers import promtool, running_exporter, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from render_common import run_daemon, series
 
 from exporter.app import SNAPSHOT_JSON
 from exporter.cli import build_deriver
 from exporter.config import load_config
-from exporter.daemon import Daemon
-from exporter.derive.window import Deriver, Site
-from exporter.model import EndpointSample, EndpointValue
+from exporter.derive.window import Site
 from exporter.render.derived import derived_families
-from exporter.render.exposition import Renderer
-from exporter.sources.base import Collected, Source
-from exporter.sources.simulated import SimulatedSource
 
 ENDPOINT_METRICS = {
     "tpw_endpoint_generation_tokens_per_second",
@@ -46,69 +42,6 @@ GPU_METRICS = {
     "tpw_gpu_window_power_watts",
     "tpw_gpu_idle_energy_ratio",
 }
-
-
-class Endpoints(Source):
-    """Two endpoints whose counters follow the same fake clock as the simulated GPUs."""
-
-    name = "endpoints"
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.start = clock()
-
-    async def collect(self) -> Collected:
-        t = self.clock() - self.start
-        llm = EndpointSample(
-            name="llm",
-            engine="vllm",
-            url="http://x/metrics",
-            timestamp=self.clock(),
-            values=(
-                EndpointValue("generation_tokens_total", "llama-3-8b", 2000.0 * t),
-                EndpointValue("prompt_tokens_total", "llama-3-8b", 500.0 * t),
-                EndpointValue("requests_total", "llama-3-8b", 4.0 * t, "success"),
-                EndpointValue("requests_total", "llama-3-8b", 1.0, "failure"),
-            ),
-            gpus=(0, 1),
-        )
-        images = EndpointSample(
-            name="sdxl",
-            engine="generic",
-            url="http://y/metrics",
-            unit="images",
-            timestamp=self.clock(),
-            values=(EndpointValue("work_units_total", "", 0.5 * t),),
-            gpus=(1,),
-        )
-        return Collected(endpoints=(llm, images))
-
-
-NO_SITE = Site()
-
-
-def run_daemon(site: Site = NO_SITE, ticks: int = 6) -> Daemon:
-    clock = Clock()
-    sources = [SimulatedSource(gpus=3, scenario="mixed", phase_seconds=100, clock=clock), Endpoints(clock)]
-    daemon = Daemon(
-        sources,
-        Renderer(extra=[derived_families]),
-        interval=1.0,
-        stages=[Deriver(window=4, site=site)],
-        clock=clock,
-    )
-    for _ in range(ticks):
-        asyncio.run(daemon.tick())
-        clock.advance(1.0)
-    return daemon
-
-
-def series(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            found.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return found
 
 
 def test_contract_names_labels_and_values() -> None:
@@ -202,14 +135,6 @@ def test_no_derived_values_renders_empty_families() -> None:
     assert families and all(not family.samples for family in families)
 
 
-def test_promtool_lint_and_openmetrics() -> None:
-    exposition = run_daemon(Site(electricity_price_per_kwh=0.1, carbon_intensity_grams_per_kwh=100)).latest
-    result = promtool("check", "metrics", input_text=exposition.text.decode())
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == ""
-    assert b"tpw_gpu_bound{" in exposition.openmetrics and exposition.openmetrics.endswith(b"# EOF\n")
-
-
 def test_snapshot_json_carries_derived_values() -> None:
     snapshot = run_daemon().latest.snapshot
     payload = json.loads(SNAPSHOT_JSON.dump_json(snapshot))
@@ -233,17 +158,3 @@ def test_build_deriver_follows_config() -> None:
     assert deriver.window == 60 and deriver.tolerance == 1.0
     assert deriver.thresholds.compute_pipe_at_least == 0.7
     assert deriver.site == Site(electricity_price_per_kwh=0.3, currency="GBP", pue=1.4)
-
-
-def test_demo_process_serves_derived_metrics() -> None:
-    env = {"TPW_DERIVE__WINDOW": "1", "TPW_SITE__ELECTRICITY_PRICE_PER_KWH": "0.1"}
-    with running_exporter(["demo", "--scenario", "memory-bound", "--interval", "0.2"], env=env) as exporter:
-
-        def window_full() -> str:
-            text = exporter.metrics()
-            return text if series(text)["tpw_derive_window_seconds"][()] >= 0.7 else ""
-
-        text = wait_for(window_full, 10, "a full derive window in the demo")
-    assert series(text)["tpw_derive_window_seconds"][()] <= 1.2
-    assert 'tpw_gpu_bound{bound="memory",gpu="0"} 1.0' in text
-    assert "tpw_gpu_window_power_watts{" in text

@@ -22,7 +22,7 @@ from exporter.engines import (
 )
 from exporter.promtext import parse_selected
 
-FIXTURES = Path(__file__).parent / "fixtures" / "engines"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "engines"
 
 Expected = dict[tuple[str, str, str | None], float]
 

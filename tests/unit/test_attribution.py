@@ -1,18 +1,16 @@
-"""GPU attribution of endpoints: configured, all, automatic through processes, and honest fallbacks."""
+"""GPU attribution of endpoints: configured, all, automatic through processes, and honest fallbacks.
+
+The process lookup against real processes: tests/integration/test_attribution_process_tree.py.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 from fake_nvml import Clock
-from helpers import free_port, wait_for
 
-from exporter.attribution import Attributor, is_local_host, listener_process_tree
+from exporter.attribution import Attributor, is_local_host
 from exporter.config import EndpointConfig
 from exporter.model import EndpointSample, GpuInfo, GpuSample, Snapshot
 
@@ -159,34 +157,6 @@ def test_local_host_detection() -> None:
     assert is_local_host("::1", set())
     assert is_local_host("10.0.0.5", {"10.0.0.5"})
     assert not is_local_host("example.org", {"127.0.0.1"})
-
-
-def test_real_listener_process_tree_finds_a_server_and_its_child() -> None:
-    port = free_port()
-    # A parent that listens on the port and spawns a child, like an engine with worker processes.
-    script = (
-        "import http.server, subprocess, sys, threading;"
-        f"s = http.server.HTTPServer(('127.0.0.1', {port}), http.server.BaseHTTPRequestHandler);"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']);"
-        "print(child.pid, flush=True);"
-        "s.serve_forever()"
-    )
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    child_pid = int(process.stdout.readline())
-    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # same launcher: us
-    try:
-        tree = wait_for(lambda: listener_process_tree(port), 10, "the listener to appear")
-        assert process.pid in tree and child_pid in tree
-        assert sibling.pid not in tree
-        with_siblings = listener_process_tree(port, include_siblings=True)
-        assert tree <= with_siblings and sibling.pid in with_siblings
-        assert os.getpid() not in with_siblings  # the launcher itself is not a worker
-        assert listener_process_tree(free_port()) is None
-    finally:
-        os.kill(child_pid, signal.SIGKILL)
-        for spawned in (process, sibling):
-            spawned.kill()
-            spawned.wait()
 
 
 class Node:

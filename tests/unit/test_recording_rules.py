@@ -1,4 +1,7 @@
-"""deploy/prometheus/rules/recording.yml: valid, tested with promtool, and only about metrics we export."""
+"""deploy/prometheus/rules/recording.yml: valid, tested with promtool, and only about metrics we export.
+
+What runs promtool is tests/integration/test_recording_rules_promtool.py.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,12 @@ import re
 from pathlib import Path
 
 import yaml
-from helpers import REPO, promtool
+from recording_rules_common import RULE_TESTS, RULES
 
 from exporter.model import Snapshot
 from exporter.render.derived import derived_families
 from exporter.render.exposition import Renderer
 
-RULES = REPO / "deploy" / "prometheus" / "rules" / "recording.yml"
-RULE_TESTS = REPO / "tests" / "rules" / "recording_test.yml"
 RECORD_NAME = re.compile(r"^[a-z_]*:tpw_[a-z0-9_]+:[a-z_]+$")
 
 
@@ -26,18 +27,6 @@ def exported_names() -> set[str]:
         if family.type == "counter":
             names.add(f"{family.name}_total")
     return names
-
-
-def test_promtool_check_rules() -> None:
-    result = promtool("check", "rules", str(RULES))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
-
-
-def test_promtool_test_rules() -> None:
-    result = promtool("test", "rules", str(RULE_TESTS))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
 
 
 def test_rule_names_groups_and_referenced_metrics() -> None:

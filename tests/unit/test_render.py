@@ -1,34 +1,15 @@
-"""Rendering: absent stays absent, naming conventions, both formats, promtool's linter."""
+"""Rendering: absent stays absent, naming conventions, both formats (promtool's linter:
+tests/integration/test_render_promtool.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
-from fake_nvml import Clock
-from helpers import promtool
 from prometheus_client.parser import text_string_to_metric_families
+from render_common import simulated_snapshot
 
-from exporter.model import GpuInfo, GpuSample, Profiling, Snapshot, SourceStatus
+from exporter.model import GpuInfo, GpuSample, Profiling, Snapshot
 from exporter.render.exposition import Renderer
-from exporter.sources.simulated import SimulatedSource
-
-
-def simulated_snapshot(gpus: int = 2, scenario: str = "mixed") -> Snapshot:
-    clock = Clock()
-    source = SimulatedSource(gpus=gpus, scenario=scenario, phase_seconds=10, clock=clock)
-    asyncio.run(source.collect())
-    clock.advance(1.0)
-    collected = asyncio.run(source.collect())
-    return Snapshot(
-        tick=2,
-        wall_time=1.8e9,
-        monotonic_time=clock(),
-        duration_seconds=0.001,
-        gpus=collected.gpus,
-        sources=(SourceStatus("simulated", True, 0.0001),),
-        node=collected.node,
-    )
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -101,10 +82,3 @@ def test_openmetrics_output_is_valid_and_terminated() -> None:
     assert om.endswith("# EOF\n")
     assert "# TYPE tpw_gpu_energy_joules counter" in om
     assert "# TYPE tpw_gpu info" in om
-
-
-def test_promtool_check_metrics_passes() -> None:
-    text = Renderer().render(simulated_snapshot(2)).text.decode()
-    result = promtool("check", "metrics", input_text=text)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == ""

@@ -1,8 +1,10 @@
-"""Config precedence (flags > env > file > defaults) and one-line errors that name the field."""
+"""Config precedence (flags > env > file > defaults) and one-line errors that name the field.
+
+The CLI as a process (check-config, exit status 2, --help): tests/integration/test_config_cli.py.
+"""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,9 +12,6 @@ import pytest
 from helpers import write_config as write
 
 from exporter.config import ConfigError, load_config
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 # Bad `derive` and `site` values (the keys of the derived metrics).
 DERIVE_AND_SITE_ERRORS = [
@@ -105,42 +104,6 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml", {})
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-
-
-def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
-    result = run_cli("check-config", str(write(tmp_path, "interval: 2.5\n")))
-    assert result.returncode == 0, result.stderr
-    assert "interval: 2.5" in result.stdout
-    assert "listen_address: 0.0.0.0:9835" in result.stdout
-
-
-def test_check_config_rejects_bad_value_without_traceback(tmp_path: Path) -> None:
-    result = run_cli("check-config", str(write(tmp_path, "simulation:\n  gpus: 0\n")))
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0
-    assert "simulation.gpus" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_bad_flag_value_exits_2_naming_the_field() -> None:
-    result = run_cli("demo", "--interval", "0")
-    assert result.returncode == 2
-    assert "config error: interval" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_help_and_version() -> None:
-    result = run_cli("--help")
-    assert result.returncode == 0
-    for word in ("serve", "demo", "check-config", "TPW_"):
-        assert word in result.stdout
-    demo_help = run_cli("demo", "--help").stdout
-    assert "--scenario" in demo_help and "memory-bound" in demo_help
-    assert run_cli("--version").stdout.startswith("tpw-exporter ")
-
-
 def test_endpoint_flag_is_parsed_into_the_config() -> None:
     from exporter.cli import parse_endpoint_flag
 
@@ -154,18 +117,6 @@ def test_endpoint_flag_is_parsed_into_the_config() -> None:
         "timeout_seconds": "1.5",
     }
     assert parse_endpoint_flag("a=http://h/metrics,gpus=all")["gpus"] == "all"
-
-
-def test_bad_endpoint_flags_exit_2_with_one_line() -> None:
-    for flag, expected in (
-        ("novalue", "expected NAME=URL"),
-        ("a=http://h/m,colour=red", "unknown option 'colour=red'"),
-        ("a=ftp://h/m", "endpoints.0.url"),
-        ("a=http://h/m,engine=magic", "endpoints.0.engine"),
-    ):
-        result = run_cli("demo", "--endpoint", flag)
-        assert result.returncode == 2, flag
-        assert expected in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
 
 
 def test_duplicate_endpoint_names_are_refused(tmp_path: Path) -> None:

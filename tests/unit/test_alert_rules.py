@@ -1,33 +1,22 @@
 """deploy/prometheus/rules/alerts.yml: valid, promtool-tested (each alert fires, each near miss does not),
-documented (every alert has a runbook that matches it), and only about metrics the exporter serves."""
+documented (every alert has a runbook that matches it), and only about metrics the exporter serves.
+
+What runs promtool is tests/integration/test_alert_rules_promtool.py."""
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO, promtool
-from rules.fast_rules import format_duration, parse_duration, scale_expression, scale_rules, write_scaled
+from alert_rules_common import ALERT_TESTS, ALERTS, METRIC, RECORDING, RUNBOOKS, exported_names
+from helpers import REPO
+from rules.fast_rules import format_duration, parse_duration, scale_expression
 
 from exporter.demo.scenarios import SCENARIO_SPECS
-from exporter.model import EndpointSample, NodeInfo, Snapshot, SourceStatus
-from exporter.render.derived import derived_families
-from exporter.render.endpoints import endpoint_families
-from exporter.render.exposition import Renderer
-from exporter.sources.simulated import SimulatedSource
 
-RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
-ALERTS = RULES_DIR / "alerts.yml"
-RECORDING = RULES_DIR / "recording.yml"
-ALERT_TESTS = (
-    REPO / "tests" / "rules" / "alerts_test.yml",
-    REPO / "tests" / "rules" / "alerts_regression_test.yml",
-)
-RUNBOOKS = REPO / "docs" / "runbooks"
 RUNBOOK_BASE = "https://github.com/tpw-exporter/tpw-exporter/blob/main/"
 DASHBOARDS = REPO / "dashboards"
 EXPECTED_ALERTS = {
@@ -45,7 +34,6 @@ EXPECTED_ALERTS = {
     "TPWMetricsStale",
 }
 SEVERITIES = {"critical", "warning", "info"}
-METRIC = re.compile(r"(?<![:\w])tpw_[a-z0-9_]+")
 RUNBOOK_SECTIONS = (
     "## What it means",
     "## Condition and why these numbers",
@@ -64,48 +52,7 @@ def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in groups() for rule in group["rules"]]
 
 
-def exported_names() -> set[str]:
-    """Every sample name the exporter can serve: a snapshot with a GPU (GPM window) and an endpoint."""
-    gpu = SimulatedSource(gpus=1, scenario="healthy", clock=lambda: 0.0).sample(0, 1.0, 1.0)
-    snapshot = Snapshot(
-        tick=1,
-        wall_time=0,
-        monotonic_time=0,
-        duration_seconds=0,
-        gpus=(gpu,),
-        endpoints=(EndpointSample(name="e", engine="vllm", url="http://localhost/metrics"),),
-        sources=(SourceStatus("nvml", True, 0.1),),
-        node=NodeInfo(simulated_scenario="healthy"),
-    )
-    names = set()
-    for family in Renderer(extra=[endpoint_families, derived_families]).families(snapshot):
-        names.add(family.name)
-        suffixes = {"counter": ("_total",), "summary": ("_sum", "_count"), "info": ("_info",)}
-        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
-    return names
-
-
-def recorded_names() -> set[str]:
-    return {
-        rule["record"] for group in yaml.safe_load(RECORDING.read_text())["groups"] for rule in group["rules"]
-    }
-
-
 # -- promtool ---------------------------------------------------------------------------------------------
-
-
-def test_promtool_checks_every_shipped_rule_file() -> None:
-    files = sorted(RULES_DIR.glob("*.yml"))
-    assert ALERTS in files and RECORDING in files
-    result = promtool("check", "rules", *map(str, files))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("SUCCESS") == len(files), result.stdout
-
-
-def test_promtool_unit_tests_pass() -> None:
-    result = promtool("test", "rules", *map(str, ALERT_TESTS))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("SUCCESS") == len(ALERT_TESTS), result.stdout
 
 
 def test_rule_tests_load_the_shipped_alerts() -> None:
@@ -243,27 +190,6 @@ def panel_references(text: str) -> list[tuple[str, str]]:
     return references
 
 
-CONTINUATION = re.compile(r"(and|or|unless)\b|[-+*/%^<>=!)]")
-OPEN_END = re.compile(r"(\b(and|or|unless)|[-+*/%^<>=(,])$")
-
-
-def promql_blocks(text: str) -> list[str]:
-    """Each expression of the ```promql blocks: a new one starts at every unindented line that is not a
-    comment, does not start with a binary operator or `)`, and does not follow an operator or `(`."""
-    expressions: list[str] = []
-    for block in re.findall(r"```promql\n(.*?)```", text, re.S):
-        starts = len(expressions)
-        for line in block.splitlines():
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            continues = line[0].isspace() or CONTINUATION.match(line)
-            if len(expressions) > starts and (continues or OPEN_END.search(expressions[-1].rstrip())):
-                expressions[-1] += "\n" + line
-            else:
-                expressions.append(line)
-    return expressions
-
-
 def test_runbook_index_lists_every_alert() -> None:
     index = (RUNBOOKS / "README.md").read_text()
     for name in EXPECTED_ALERTS:
@@ -296,22 +222,6 @@ def test_runbook_panels_exist_in_the_dashboards(name: str) -> None:
         assert panel in boards[dashboard], (name, dashboard, panel)
 
 
-def test_runbook_promql_parses_and_uses_real_metrics(tmp_path: Path) -> None:
-    known = exported_names() | recorded_names()
-    rules = []
-    for path in sorted(RUNBOOKS.glob("TPW*.md")):
-        expressions = promql_blocks(path.read_text())
-        assert len(expressions) >= 2, path.name
-        for number, expr in enumerate(expressions):
-            rules.append({"record": f"runbook_check:{path.stem.lower()}:{number}", "expr": expr})
-            used = set(METRIC.findall(expr)) | set(re.findall(r"\b\w*:tpw_\w+:\w+", expr))
-            assert used <= known, (path.name, used - known)
-    rule_file = tmp_path / "runbook_queries.yml"
-    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "runbook-queries", "rules": rules}]}))
-    result = promtool("check", "rules", "--lint=none", str(rule_file))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 # -- the time-scaled copy used by the end-to-end test -----------------------------------------------------
 
 
@@ -336,16 +246,3 @@ def test_durations_round_trip() -> None:
     assert format_duration(parse_duration("1w")) == "7d"
     with pytest.raises(ValueError):
         parse_duration("10 minutes")
-
-
-def test_the_scaled_copy_changes_nothing_but_durations(tmp_path: Path) -> None:
-    shipped = yaml.safe_load(ALERTS.read_text())
-    scaled_path = write_scaled(ALERTS, tmp_path / "alerts.yml", 60)
-    scaled = yaml.safe_load(scaled_path.read_text())
-    assert yaml.safe_load(ALERTS.read_text()) == shipped  # the shipped file is only read
-    back = scale_rules(scaled, 1 / 60)
-    assert back == shipped  # dividing then multiplying by 60 gives the shipped rules back, exactly
-    first = scaled["groups"][0]["rules"][0]
-    assert first["alert"] == "TPWBusyButFlat" and first["for"] == "10s" and "[10s]" in first["expr"]
-    result = promtool("check", "rules", str(scaled_path))
-    assert result.returncode == 0, result.stdout + result.stderr

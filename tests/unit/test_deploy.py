@@ -1,0 +1,330 @@
+"""Deployment files: docker-compose, Dockerfile, Prometheus/Alertmanager/Grafana config, Kubernetes, systemd.
+
+Docker and a cluster cannot run here; what can be checked without them is: every file parses, every file
+a deployment mounts or references exists, the Prometheus config they use passes `promtool check config`
+with the rule files as the container sees them, every command line they run parses with the exporter's
+own CLI, every config file passes `tpw-exporter check-config`, the image's health check works against a
+real exporter, and the package builds from exactly the files the Dockerfile copies.
+
+This file has the static checks; what runs promtool, amtool, systemd-analyze, the CLI, the exporter, pip
+or a script is tests/integration/test_deploy_with_real_tools.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_common import (
+    COMPOSE,
+    DEPLOY,
+    K8S,
+    RULES,
+    SERVICES,
+    build_context_files,
+    container_mounts,
+    copied_sources,
+    dockerfile,
+    final_stage,
+    k8s_documents,
+    k8s_object,
+    unit,
+)
+from helpers import REPO
+
+from exporter import __version__
+from exporter.config import DEFAULT_PORT
+
+PINNED_IMAGE = re.compile(r"^[a-z0-9./-]+:v?\d+\.\d+\.\d+$")
+
+
+def yaml_files() -> list[Path]:
+    return sorted([REPO / "docker-compose.yml", *DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
+
+
+# ------------------------------------------------------------------------------------------- YAML
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_deployment_yaml_parses(path: Path) -> None:
+    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    assert documents and all(isinstance(doc, dict) for doc in documents)
+
+
+# ---------------------------------------------------------------------------------------- compose
+
+
+def test_compose_services_and_pinned_images() -> None:
+    assert set(SERVICES) == {"exporter", "exporter-gpu", "prometheus", "alertmanager", "grafana"}
+    images = {name: service["image"] for name, service in SERVICES.items()}
+    for name, image in images.items():
+        assert PINNED_IMAGE.match(image), f"{name}: {image} is not pinned to an exact version"
+    assert images["prometheus"].startswith("prom/prometheus:")
+    assert images["alertmanager"].startswith("prom/alertmanager:")
+    assert images["grafana"].startswith("grafana/grafana:")
+    for name in ("exporter", "exporter-gpu"):
+        service = SERVICES[name]
+        assert service["build"] == {"context": ".", "dockerfile": "Dockerfile"}
+        assert service["image"] == f"tpw-exporter:{__version__}"
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_host_path_compose_mounts_exists(service: str) -> None:
+    named = set(COMPOSE.get("volumes") or {})
+    for volume in SERVICES[service].get("volumes", []):
+        source = volume.split(":")[0]
+        if source.startswith(("./", "/")):
+            assert (REPO / source).exists(), f"{service} mounts {source}, which is not in the repository"
+            assert volume.endswith(":ro"), f"{service}: mount configuration read-only: {volume}"
+        else:
+            assert source in named, f"{service}: named volume {source} is not declared"
+
+
+def test_compose_publishes_ports_on_loopback_by_default() -> None:
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert port.startswith("${TPW_BIND:-127.0.0.1}:"), f"{name}: {port}"
+
+
+def test_prometheus_scrapes_and_alerts_through_compose_service_names() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    names = set(SERVICES) | {"exporter"}
+    (tpw,) = [job for job in config["scrape_configs"] if job["job_name"] == "tpw-exporter"]
+    assert tpw["static_configs"][0]["targets"] == [f"exporter:{DEFAULT_PORT}"]
+    (alertmanager,) = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    host, port = alertmanager.split(":")
+    assert host in names and port == "9093"
+    assert config["rule_files"] == ["rules/*.yml"], "relative to the config file, as mounted"
+    assert "/etc/prometheus/rules" in container_mounts("prometheus")
+
+
+def test_grafana_provisioning_matches_the_compose_mounts() -> None:
+    mounts = container_mounts("grafana")
+    datasources_dir = mounts["/etc/grafana/provisioning/datasources"]
+    providers_dir = mounts["/etc/grafana/provisioning/dashboards"]
+    datasources = [
+        source
+        for path in sorted(datasources_dir.glob("*.yml"))
+        for source in yaml.safe_load(path.read_text())["datasources"]
+    ]
+    (prometheus,) = [d for d in datasources if d["type"] == "prometheus"]
+    assert prometheus["url"] == "http://prometheus:9090" and prometheus["isDefault"] is True
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (tpw,) = [job for job in config["scrape_configs"] if job["job_name"] == "tpw-exporter"]
+    assert prometheus["jsonData"]["timeInterval"] == tpw["scrape_interval"], "$__rate_interval needs it"
+    (alertmanager,) = [d for d in datasources if d["type"] == "alertmanager"]
+    assert alertmanager["url"] == "http://alertmanager:9093"
+
+    (provider,) = [
+        p
+        for path in sorted(providers_dir.glob("*.yml"))
+        for p in yaml.safe_load(path.read_text())["providers"]
+    ]
+    dashboards_dir = provider["options"]["path"]
+    assert mounts[dashboards_dir] == (REPO / "dashboards").resolve(), "the provider reads the mounted JSON"
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(dashboards_dir + "/")
+    assert (REPO / "dashboards" / Path(home).name).exists()
+    assert len(list((REPO / "dashboards").glob("*.json"))) == 4
+
+
+def test_alertmanager_config_routes_to_a_receiver_that_exists() -> None:
+    config = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    receivers = {receiver["name"] for receiver in config["receivers"]}
+    route = config["route"]
+    assert route["receiver"] in receivers
+    assert {"alertname", "instance"} <= set(route["group_by"])
+    for child in route.get("routes", []):
+        assert child.get("receiver", route["receiver"]) in receivers
+    mounts = container_mounts("alertmanager")
+    (flag,) = [a for a in SERVICES["alertmanager"]["command"] if a.startswith("--config.file=")]
+    assert flag.split("=", 1)[1] in mounts
+
+
+# ------------------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_base_image_is_pinned_slim_python() -> None:
+    bases = [rest.split()[0] for keyword, rest in dockerfile() if keyword == "FROM"]
+    assert bases and len(set(bases)) == 1, "build and runtime stages share one base"
+    assert re.fullmatch(r"python:3\.12\.\d+-slim(-\w+)?", bases[0]), bases[0]
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
+    final = final_stage()
+    (user,) = [rest for keyword, rest in final if keyword == "USER"]
+    uid = user.split(":")[0]
+    assert uid not in {"0", "root"} and uid.isdigit(), "numeric non-root uid (runAsNonRoot can verify it)"
+    daemonset = k8s_object("DaemonSet")
+    assert str(daemonset["spec"]["template"]["spec"]["securityContext"]["runAsUser"]) == uid
+    keywords = [keyword for keyword, _ in final]
+    assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k in {"RUN", "COPY"})
+    (health,) = [rest for keyword, rest in final if keyword == "HEALTHCHECK"]
+    assert "/healthz" in health and "curl" not in health and "wget" not in health
+    (expose,) = [rest for keyword, rest in final if keyword == "EXPOSE"]
+    assert expose == str(DEFAULT_PORT)
+    assert ("ENTRYPOINT", '["tpw-exporter"]') in final and ("CMD", '["demo"]') in final
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'tpw-exporter = "exporter.cli:main"' in pyproject
+
+
+def test_dockerfile_installs_the_package_only() -> None:
+    runs = [rest for keyword, rest in dockerfile() if keyword == "RUN"]
+    installs = [re.search(r"pip install ([^&;]*)", run) for run in runs]
+    installs = [match.group(1).strip() for match in installs if match]
+    assert installs == ["."], f"pip install . and nothing else: {installs}"
+    assert not any("apt-get install" in run for run in runs), "keep the image slim"
+
+
+def test_dockerfile_copies_only_files_the_build_context_contains() -> None:
+    context = build_context_files()
+    assert ".git/config" not in context and not any(f.startswith("tests/") for f in context)
+    assert not any("__pycache__" in f for f in context)
+    for source in copied_sources():
+        assert (REPO / source).exists(), source
+        assert any(f == source or f.startswith(source.rstrip("/") + "/") for f in context), (
+            f"COPY {source}: excluded by .dockerignore"
+        )
+    readme = re.search(r'^readme = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    assert readme in copied_sources(), "pyproject's readme must be in the image or `pip install .` fails"
+
+
+# ----------------------------------------------------------------------------------------- systemd
+
+
+def test_systemd_unit_is_hardened_but_keeps_the_gpus_visible() -> None:
+    service = dict(unit()["Service"])
+    assert service.get("DynamicUser") == "yes" or service.get("User") not in (None, "", "root")
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+        "ProtectKernelModules": "yes",
+    }.items():
+        assert service.get(key) == value, f"{key}={value}"
+    assert service.get("PrivateDevices", "no") == "no", "PrivateDevices hides /dev/nvidia*: NVML needs them"
+    assert "DevicePolicy" not in service or "nvidia" in " ".join(
+        v for k, v in unit()["Service"] if k == "DeviceAllow"
+    )
+
+
+# -------------------------------------------------------------------------------------- Kubernetes
+
+
+def test_kustomization_lists_every_manifest_and_one_namespace() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    manifests = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == manifests
+    namespace = kustomization["namespace"]
+    for name, documents in k8s_documents().items():
+        for document in documents:
+            if name != "kustomization.yaml":
+                assert document["metadata"]["namespace"] == namespace, name
+    (image,) = kustomization["images"]
+    assert image["name"] == "tpw-exporter" and image["newTag"] == __version__
+
+
+def test_daemonset_runs_on_gpu_nodes_with_the_nvidia_runtime() -> None:
+    daemonset = k8s_object("DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert (
+        daemonset["spec"]["selector"]["matchLabels"].items()
+        <= daemonset["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["hostPID"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    for bucket in container["resources"].values():
+        assert not any(name.startswith("nvidia.com/") for name in bucket), (
+            "never allocate GPUs to the exporter"
+        )
+    assert "memory" in container["resources"]["limits"]
+    assert container["image"].split(":")[1].split()[0] == __version__
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"metrics": DEFAULT_PORT}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
+def test_service_and_servicemonitor_select_the_exporter_pods() -> None:
+    pod_labels = k8s_object("DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    service = k8s_object("Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["clusterIP"] == "None", "headless: one target per node"
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "metrics" and port["port"] == DEFAULT_PORT
+    monitor = k8s_object("ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["metadata"]["namespace"] in monitor["spec"]["namespaceSelector"]["matchNames"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+    relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert relabel["instance"] == ["__meta_kubernetes_pod_node_name"], "dashboards read instance as the node"
+
+
+def generator() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "generate_prometheusrule", K8S / "generate_prometheusrule.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prometheusrule_is_generated_from_the_current_rule_files() -> None:
+    text = (K8S / "prometheusrule.yaml").read_text()
+    assert text == generator().render(), (
+        "prometheusrule.yaml is stale: run python deploy/kubernetes/generate_prometheusrule.py"
+    )
+    rule = k8s_object("PrometheusRule")
+    groups = [group for path in RULES for group in (yaml.safe_load(path.read_text()) or {}).get("groups", [])]
+    assert rule["spec"]["groups"] == groups, "the PrometheusRule carries exactly the rule files' groups"
+    assert RULES, "deploy/prometheus/rules has rule files"
+
+
+def test_kustomization_lists_every_manifest_and_pins_the_image() -> None:
+    """What `kubectl kustomize` would render, checked without a cluster tool: resources and image."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    documents = [yaml.safe_load((K8S / name).read_text()) for name in kustomization["resources"]]
+    kinds = sorted(doc["kind"] for doc in documents)
+    assert kinds == ["ConfigMap", "DaemonSet", "PrometheusRule", "Service", "ServiceMonitor"]
+    manifests = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert manifests == set(kustomization["resources"])
+    (daemonset,) = [doc for doc in documents if doc["kind"] == "DaemonSet"]
+    (image,) = kustomization["images"]
+    assert daemonset["spec"]["template"]["spec"]["containers"][0]["image"].split(":")[0] == image["name"]
+    assert image["newTag"] == __version__
+
+
+# ------------------------------------------------------------------------------------------ README
+
+
+def test_readme_documents_each_deployment_path() -> None:
+    readme = (REPO / "README.md").read_text()
+    dashboards = readme.index("\n## Dashboards")
+    deploying = readme.index("\n## Deploying")
+    assert dashboards < deploying
+    section = readme[deploying:]
+    for needle in (
+        "docker compose up",
+        "COMPOSE_PROFILES=gpu",
+        "kubectl apply -k deploy/kubernetes",
+        "deploy/systemd/tpw-exporter.service",
+        "generate_prometheusrule.py",
+    ):
+        assert needle in section, needle
+    assert "python dashboards/build.py" in readme[dashboards:deploying]
