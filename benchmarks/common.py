@@ -71,11 +71,15 @@ def scrape_at_random_phases(port: int, seconds: float, rate: float = 10.0) -> di
 
 
 def start_exporter(
-    args: list[str], config: dict | None = None, env: dict[str, str] | None = None, quiet: bool = False
+    args: list[str],
+    config: dict | None = None,
+    env: dict[str, str] | None = None,
+    quiet: bool = False,
+    tree: Path = REPO,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """`python -m exporter ARGS` on a free loopback port (with `config` written to a file for --config),
     once its /readyz answers; exits the script if it stops or is not ready within 60 s. `quiet` drops its
-    log."""
+    log; `tree` runs the `exporter` package of another checkout (a baseline)."""
     port = free_port()
     command = [sys.executable, "-m", "exporter", *args, "--listen-address", f"127.0.0.1:{port}"]
     if config is not None:
@@ -83,7 +87,9 @@ def start_exporter(
             json.dump(config, config_file)  # JSON is YAML
         command += ["--config", config_file.name]
     log = subprocess.DEVNULL if quiet else None
-    process = subprocess.Popen(command, cwd=REPO, env=env or exporter_env(), stderr=log)
+    if env is None:
+        env = {**exporter_env(), "PYTHONPATH": str(tree)} if tree != REPO else exporter_env()
+    process = subprocess.Popen(command, cwd=tree, env=env, stderr=log)
     deadline = time.monotonic() + 60
     while True:
         try:

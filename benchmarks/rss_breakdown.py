@@ -1,14 +1,22 @@
-"""Where the exporter's resident memory goes: RSS after each start-up step, on this machine's GPUs.
+"""Where the exporter's memory goes: what each import and NVML cost, then what the running pair uses.
 
-python benchmarks/rss_breakdown.py
+    python benchmarks/rss_breakdown.py            # on a GPU machine: NVML steps, then `serve`
+    python benchmarks/rss_breakdown.py --demo     # anywhere: the simulated node
+
+Part 1 imports, in one fresh interpreter, what the exporter loads, in the order the two processes load
+it, printing RSS after each step: the floor any Python exporter built on FastAPI, pydantic and NVML
+pays before a line of its own code. Part 2 starts the exporter (server + forked collector) and prints
+per process RSS, USS (pages only it holds) and PSS, and the memory the pair costs the node: server RSS
+plus collector USS (every page once, as a container's memory accounting counts it).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import ctypes
-import resource
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -16,60 +24,100 @@ def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return 0.0
 
 
-def step(label: str) -> None:
-    print(f"{rss_mb():8.1f} MB  {label}", flush=True)
+STEPS = (
+    ("python started", "pass"),
+    ("import ssl (httpx and uvicorn need it)", "import ssl"),
+    ("import pydantic", "import pydantic.main"),
+    ("import exporter.config (the Config model)", "import exporter.config"),
+    ("import fastapi, uvicorn (server only)", "import fastapi, uvicorn"),
+    ("import prometheus_client, httpx (collector)", "import prometheus_client, httpx"),
+    ("import pynvml (collector)", "import pynvml"),
+    (
+        "import the collector's modules",
+        "import exporter.node, exporter.daemon, exporter.attribution, exporter.render.exposition, "
+        "exporter.render.derived, exporter.render.endpoints, exporter.sources.endpoints, "
+        "exporter.sources.nvml",
+    ),
+)
 
 
-async def collect_a_few() -> None:
-    import pynvml
+def imports() -> None:
+    print("part 1: one interpreter, cumulative RSS")
+    previous = rss_mb()
+    for label, statement in STEPS:
+        exec(statement)
+        now = rss_mb()
+        print(f"  {now:7.1f} MB  (+{now - previous:5.1f})  {label}")
+        previous = now
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:  # no driver here
+        print(f"  (no NVML on this machine: {type(exc).__name__}; its own state is not measured)")
+        return
+    now = rss_mb()
+    print(f"  {now:7.1f} MB  (+{now - previous:5.1f})  nvmlInit (the driver library's own state)")
+    previous = now
 
     from exporter.sources.nvml import NvmlSource
 
-    pynvml.nvmlInit()
-    step("nvmlInit")
-    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-    samples = [pynvml.nvmlGpmSampleAlloc(), pynvml.nvmlGpmSampleAlloc()]
-    step("two GPM samples allocated for GPU 0")
-    for sample in samples:
-        pynvml.nvmlGpmSampleFree(sample)
-    del handle
+    async def collect() -> None:
+        source = NvmlSource(gpu_timeout_seconds=2.0)
+        for _ in range(5):
+            await source.collect()
+            await asyncio.sleep(0.2)
+        await source.close()
 
-    source = NvmlSource(gpu_timeout_seconds=2.0)
-    await source.collect()
-    step("NvmlSource: nvmlInit, discovery, GPM samples allocated, first collect")
-    for _ in range(5):
-        await asyncio.sleep(0.2)
-        await source.collect()
-    step("after 5 more collects")
-    await source.close()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    step("malloc_trim(0): free heap pages returned to the OS")
+    asyncio.run(collect())
+    now = rss_mb()
+    print(f"  {now:7.1f} MB  (+{now - previous:5.1f})  NvmlSource: discovery, GPM samples, 5 collects")
+
+
+def running(command: list[str], seconds: float) -> None:
+    import psutil
+    from common import start_exporter, stop
+
+    print(f"\npart 2: `tpw-exporter {' '.join(command)}` after {seconds:g} s, one scrape a second")
+    process, port = start_exporter(command, config={"interval": 1.0}, quiet=True)
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/metrics"], check=False)
+            time.sleep(1.0)
+        server = psutil.Process(process.pid)
+        collector = server.children()[0]
+        total = 0.0
+        for name, member in (("server", server), ("collector", collector)):
+            info = member.memory_full_info()
+            print(
+                f"  {name:<10} RSS {info.rss / 2**20:6.1f} MB  USS {info.uss / 2**20:6.1f} MB  "
+                f"PSS {info.pss / 2**20:6.1f} MB"
+            )
+            total += info.rss if name == "server" else info.uss
+        print(f"  the pair costs the node {total / 2**20:.1f} MB (server RSS + collector USS)")
+    finally:
+        stop([process])
 
 
 def main() -> int:
-    step(f"python {sys.version.split()[0]} started")
-    import pynvml  # noqa: F401
-
-    step("import pynvml")
-    import prometheus_client  # noqa: F401
-
-    step("import prometheus_client")
-    import pydantic  # noqa: F401
-
-    step("import pydantic")
-    import fastapi  # noqa: F401
-    import uvicorn  # noqa: F401
-
-    step("import fastapi, uvicorn")
-    import exporter.cli
-    import exporter.daemon
-    import exporter.render.exposition  # noqa: F401
-
-    step("import exporter")
-    asyncio.run(collect_a_few())
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--demo", action="store_true", help="part 2 on the simulated node (2 GPUs)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="part 2's run before measuring")
+    parser.add_argument("--imports-only", action="store_true", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.imports_only:
+        imports()
+        return 0
+    print(f"python {sys.version.split()[0]}")
+    # Part 1 in a fresh interpreter: this one has loaded psutil and the benchmark helpers.
+    subprocess.run([sys.executable, __file__, "--imports-only"], check=True)
+    running(["demo", "--gpus", "2"] if options.demo else ["serve"], options.seconds)
     return 0
 
 

@@ -1,84 +1,70 @@
-"""Scrape cost of tpw-exporter: latency p50/p99, the daemon's CPU, peak RSS, series and bytes.
+"""What a scrape of tpw-exporter costs, as Prometheus sees it: latency tails, CPU, memory, gzip.
 
-    python benchmarks/scrape.py                        # demo node with 1, 8 and 64 simulated GPUs
-    python benchmarks/scrape.py --gpus 1,8 --seconds 10
-    python benchmarks/scrape.py --serve                # the real GPUs of this machine (NVML + GPM)
+    python benchmarks/scrape.py                          # demo: 2 GPUs, and 64 GPUs with 4 endpoints
+    python benchmarks/scrape.py --gpus 8 --endpoints 1 --seconds 20
+    python benchmarks/scrape.py --serve                  # this machine's real GPUs (NVML + GPM)
 
-For each configuration it starts `python -m exporter` as its own process at a 1 s interval, then
-1. measures CPU as Prometheus would load it: one scrape per second for --cpu-seconds, CPU time of the
-   exporter process (all threads) over wall time, as % of one core;
-2. measures latency: sequential GET /metrics on one keep-alive connection for --seconds, p50/p99/max;
-3. reports peak RSS (VmHWM), the number of series and the exposition size.
-Figures, not pass/fail: the targets (scrape p99 ≤ 2 ms at any GPU count; on one H100 with GPM, CPU ≤ 2 % of
-a core and RSS ≤ 65 MB) and the peer figures (nvitop-exporter on one H100: p99 18.5 ms, 3.75 % CPU, 65 MB)
-are printed beside them.
+For each configuration it starts `python -m exporter` (interval 1 s) and then:
+1. CPU: one scrape a second, as Prometheus loads it (keep-alive, OpenMetrics, gzip), for --cpu-seconds;
+   CPU time of the exporter's processes (server and collector) over wall time, in % of one core;
+2. latency: scrapes at random moments (--rate a second on average, so they land at every phase of the
+   tick) for --seconds on a new connection each, then as long on one keep-alive connection; p50, p99,
+   p99.9 and max in ms. A back-to-back loop would dilute the scrapes that meet a tick; this does not;
+3. memory: RSS of each process, and their PSS sum (pages shared by the forked pair counted once: what
+   the node pays, and what a container's memory accounting charges);
+4. gzip: body size plain and gzipped per format, and what compressing it costs the collector per tick.
+With --endpoints K, K - 1 endpoints besides the demo's own engine serve real engine pages (vLLM, SGLang,
+TGI fixtures) from a static HTTP server, so the tick parses them too.
+Figures, not pass/fail; the targets are printed beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import signal
+import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from common import REPO, exporter_env, free_port
+from common import REPO, free_port, start_exporter, stop
+
+FIXTURES = REPO / "tests" / "fixtures" / "engines"
+ENDPOINT_PAGES = (("vllm_v1.prom", "vllm"), ("sglang.prom", "sglang"), ("tgi.prom", "tgi"))
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+TARGET_TAIL_MS = 2.0
+TARGET_CPU_PERCENT = 1.5
+TARGET_MEMORY_MB = 60.0
 
 
 @dataclass
-class Result:
-    label: str
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
+class Tail:
+    p50: float
+    p99: float
+    p999: float
+    max: float
     scrapes: int
-    cpu_percent: float
-    peak_rss_mb: float
-    series: int
-    bytes: int
 
 
-def start_exporter(args: list[str], port: int) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "exporter",
-        *args,
-        "--interval",
-        "1",
-        "--listen-address",
-        f"127.0.0.1:{port}",
-    ]
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=exporter_env(),
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"exporter exited: {process.stderr.read().decode()[-2000:]}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return process
-        except OSError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("exporter did not become ready within 60 s")
+def tail(latencies: list[float]) -> Tail:
+    ordered = sorted(latencies)
+
+    def quantile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return Tail(statistics.median(ordered), quantile(0.99), quantile(0.999), ordered[-1], len(ordered))
 
 
-def get_metrics(connection: http.client.HTTPConnection) -> bytes:
-    connection.request("GET", "/metrics")
+def get(connection: http.client.HTTPConnection, headers: dict[str, str]) -> bytes:
+    connection.request("GET", "/metrics", headers=headers)
     response = connection.getresponse()
     body = response.read()
     if response.status != 200:
@@ -86,94 +72,188 @@ def get_metrics(connection: http.client.HTTPConnection) -> bytes:
     return body
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+def scrape_randomly(
+    port: int, seconds: float, rate: float, keep_alive: bool, headers: dict[str, str]
+) -> Tail:
+    latencies: list[float] = []
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(random.uniform(0, 2 / rate))
+        started = time.perf_counter()
+        if not keep_alive:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        get(connection, headers)
+        if not keep_alive:
+            connection.close()
+        latencies.append((time.perf_counter() - started) * 1000)
+    connection.close()
+    return tail(latencies)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    parent = psutil.Process(pid)
+    return [parent, *parent.children(recursive=True)]
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def pss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
-    return psutil.Process(pid).memory_info().rss / 1e6
+    return 0.0
 
 
-def measure(label: str, args: list[str], seconds: float, cpu_seconds: float, warmup: float) -> Result:
-    port = free_port()
-    process = start_exporter(args, port)
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        time.sleep(warmup)  # GPM needs two ticks; let caches and allocations settle
-        body = get_metrics(connection)
+def gzip_cost_ms(body: bytes) -> float:
+    """Median time to gzip `body` at the exporter's level (what the collector pays once per tick)."""
+    from exporter.published import gzip_bytes
 
-        me = psutil.Process(process.pid)
-        cpu_before, wall_before = me.cpu_times(), time.monotonic()
-        while time.monotonic() - wall_before < cpu_seconds:
-            get_metrics(connection)
-            time.sleep(1.0)
-        cpu_after, wall_after = me.cpu_times(), time.monotonic()
-        cpu_used = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-        cpu_percent = 100 * cpu_used / (wall_after - wall_before)
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        gzip_bytes(body)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
-        latencies = []
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            started = time.perf_counter()
-            get_metrics(connection)
-            latencies.append((time.perf_counter() - started) * 1000)
-        latencies.sort()
-        series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
-        return Result(
-            label=label,
-            p50_ms=statistics.median(latencies),
-            p99_ms=latencies[int(0.99 * (len(latencies) - 1))],
-            max_ms=latencies[-1],
-            scrapes=len(latencies),
-            cpu_percent=cpu_percent,
-            peak_rss_mb=peak_rss_mb(process.pid),
-            series=series,
-            bytes=len(body),
+
+def endpoint_server(count: int) -> tuple[subprocess.Popen[bytes] | None, list[dict[str, str]], Path | None]:
+    """A static HTTP server with `count` engine pages, and the endpoint config entries that scrape them."""
+    if count <= 0:
+        return None, [], None
+    directory = Path(tempfile.mkdtemp(prefix="tpw-pages-"))
+    endpoints = []
+    for i in range(count):
+        page, engine = ENDPOINT_PAGES[i % len(ENDPOINT_PAGES)]
+        shutil.copy(FIXTURES / page, directory / f"{i}-{page}")
+        endpoints.append(
+            {"name": f"bench-{i}-{engine}", "url": f"/{i}-{page}", "engine": engine, "gpus": "all"}
         )
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for endpoint in endpoints:
+        endpoint["url"] = f"http://127.0.0.1:{port}{endpoint['url']}"
+    time.sleep(0.5)
+    return server, endpoints, directory
+
+
+def measure(label: str, args: list[str], extra_endpoints: int, options: argparse.Namespace) -> None:
+    server, endpoints, directory = endpoint_server(extra_endpoints)
+    config = {"interval": 1.0, "endpoints": endpoints} if endpoints else {"interval": 1.0}
+    process, port = start_exporter(args, config=config, quiet=True, tree=options.tree)
+    prometheus = {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}
+    try:
+        time.sleep(options.warmup)  # GPM needs two ticks; the first gzip request turns compression on
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        get(connection, prometheus)  # the first gzip request of each format turns its compression on
+        get(connection, {"Accept-Encoding": "gzip"})
+        time.sleep(1.5)
+
+        processes = tree(process.pid)
+        cpu_before, wall_before = cpu_seconds(processes), time.monotonic()
+        while time.monotonic() - wall_before < options.cpu_seconds:
+            get(connection, prometheus)
+            time.sleep(1.0)
+        cpu_percent = 100 * (cpu_seconds(processes) - cpu_before) / (time.monotonic() - wall_before)
+
+        bodies = {
+            "text": get(connection, {}),
+            "openmetrics": get(connection, {"Accept": PROMETHEUS_ACCEPT}),
+        }
+        compressed = {
+            "text": get(connection, {"Accept-Encoding": "gzip"}),
+            "openmetrics": get(connection, prometheus),
+        }
+        connection.close()
+        fresh = scrape_randomly(port, options.seconds, options.rate, keep_alive=False, headers=prometheus)
+        kept = scrape_randomly(port, options.seconds, options.rate, keep_alive=True, headers=prometheus)
+        rss = [p.memory_info().rss / 2**20 for p in processes]
+        pss = sum(pss_mb(p.pid) for p in processes)
+        series = sum(1 for line in bodies["text"].decode().splitlines() if line and not line.startswith("#"))
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop([process])
+        if server is not None:
+            server.terminate()
+            server.wait()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    print(f"\n{label}: {series} series, {len(processes)} processes (server + collector)")
+    print(f"  {'latency (ms)':<26} {'p50':>6} {'p99':>6} {'p99.9':>6} {'max':>6} {'scrapes':>8}")
+    for name, result in (("new connection each", fresh), ("one keep-alive connection", kept)):
+        print(
+            f"  {name:<26} {result.p50:6.2f} {result.p99:6.2f} {result.p999:6.2f} {result.max:6.2f} "
+            f"{result.scrapes:8d}"
+        )
+    print(f"  {'target':<26} {'':>6} {'':>6} {'≤ 2':>6} {'≤ 2':>6}")
+    print(f"  CPU at one scrape a second: {cpu_percent:.2f} % of a core (target ≤ {TARGET_CPU_PERCENT:g} %)")
+    print(
+        f"  memory: RSS {' + '.join(f'{r:.1f}' for r in rss)} MB; PSS of the pair {pss:.1f} MB "
+        f"(target ≤ {TARGET_MEMORY_MB:g} MB)"
+    )
+    for fmt in ("text", "openmetrics"):
+        plain, packed = bodies[fmt], compressed[fmt]
+        print(
+            f"  gzip {fmt:<12} {len(plain) / 1024:7.1f} KB → {len(packed) / 1024:6.1f} KB "
+            f"({100 * (1 - len(packed) / len(plain)):.0f} % less), {gzip_cost_ms(plain):.2f} ms per tick"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--gpus", default="1,8,64", help="simulated GPU counts for the demo (default 1,8,64)")
+    parser.add_argument("--gpus", default="2,64", help="simulated GPU counts for the demo (default 2,64)")
+    parser.add_argument(
+        "--endpoints",
+        default="1,4",
+        help="endpoints per GPU count, the demo engine included (default 1,4: 2 GPUs with 1, 64 with 4)",
+    )
     parser.add_argument("--serve", action="store_true", help="measure `serve` on this machine's real GPUs")
-    parser.add_argument("--seconds", type=float, default=30.0, help="latency phase length (default 30)")
-    parser.add_argument("--cpu-seconds", type=float, default=20.0, help="CPU phase length (default 20)")
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=REPO,
+        help="run the exporter package of another checkout (a baseline, e.g. an older commit's tree)",
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="each latency phase (default 60)")
+    parser.add_argument("--rate", type=float, default=10.0, help="latency scrapes a second (default 10)")
+    parser.add_argument("--cpu-seconds", type=float, default=30.0, help="CPU phase (default 30)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (default 3)")
     options = parser.parse_args()
 
-    runs: list[tuple[str, list[str]]]
-    if options.serve:
-        runs = [("serve (real GPUs)", ["serve"])]
-    else:
-        counts = [int(n) for n in options.gpus.split(",") if n.strip()]
-        runs = [(f"demo, {n} GPU{'s' if n > 1 else ''}", ["demo", "--gpus", str(n)]) for n in counts]
-
-    print(f"tpw-exporter scrape benchmark: {options.seconds:g} s of sequential scrapes, interval 1 s")
-    header = (
-        f"{'configuration':<22} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'scrapes':>8} "
-        f"{'CPU %core':>9} {'RSS MB':>7} {'series':>7} {'bytes':>8}"
-    )
-    print(header)
-    print("-" * len(header))
-    for label, args in runs:
-        r = measure(label, args, options.seconds, options.cpu_seconds, options.warmup)
-        print(
-            f"{r.label:<22} {r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.max_ms:7.2f} {r.scrapes:8d} "
-            f"{r.cpu_percent:9.2f} {r.peak_rss_mb:7.1f} {r.series:7d} {r.bytes:8d}",
-            flush=True,
-        )
-    print("-" * len(header))
-    print(f"{'target':<22} {'':>7} {'≤ 2':>7} {'':>7} {'':>8} {'≤ 2 (H100)':>9} {'≤ 65':>7}")
     print(
-        f"{'nvitop-exporter, H100':<22} {3.0:7.2f} {18.5:7.2f} {'':>7} {'':>8} {3.75:9.2f} {65:7.0f} {108:7d}"
+        f"tpw-exporter scrape benchmark: interval 1 s; {options.rate:g} scrapes/s at random phases for "
+        f"{options.seconds:g} s per connection mode; Prometheus's headers (OpenMetrics, gzip)"
     )
+    if options.serve:
+        measure("serve, this machine's GPUs", ["serve"], 0, options)
+        return 0
+    counts = [int(n) for n in options.gpus.split(",") if n.strip()]
+    endpoint_counts = [int(n) for n in options.endpoints.split(",") if n.strip()]
+    for i, gpus in enumerate(counts):
+        endpoints = endpoint_counts[min(i, len(endpoint_counts) - 1)]
+        label = f"demo, {gpus} simulated GPUs, {endpoints} endpoint{'s' if endpoints > 1 else ''}"
+        measure(label, ["demo", "--gpus", str(gpus)], endpoints - 1, options)
     return 0
 
 

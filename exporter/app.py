@@ -1,4 +1,9 @@
-"""The HTTP side: serves the bytes and snapshot the last tick prepared. Never calls NVML or an endpoint."""
+"""The HTTP side: serves the bytes the last tick published. Never calls NVML or an endpoint, never renders.
+
+A scrape picks the body for the negotiated format (and the gzipped one when the scraper accepts gzip and
+the collector has compressed it; the first such scrape asks for it and gets the plain body) out of the
+latest `Published`: its cost does not depend on the number of GPUs or endpoints.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import TypeAdapter
 
 from exporter import __version__
-from exporter.model import Snapshot
-from exporter.render.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
-
-SNAPSHOT_JSON = TypeAdapter(Snapshot)
+from exporter.published import Publication, accepts_gzip, negotiate_format
 
 LANDING_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>tpw-exporter</title></head>
@@ -31,16 +32,11 @@ LANDING_PAGE = """<!doctype html>
 """
 
 
-def wants_openmetrics(accept: str) -> bool:
-    """True when the Accept header prefers OpenMetrics, as Prometheus sends it when configured to."""
-    return "application/openmetrics-text" in accept
-
-
 def create_app(
-    latest: Callable[[], Exposition],
+    publication: Publication,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
 ) -> FastAPI:
-    """An app over `latest()`, the most recent exposition; `lifespan` starts and stops collection."""
+    """An app over `publication`, where each tick's bytes arrive; `lifespan` starts and stops collection."""
     app = FastAPI(
         title="tpw-exporter",
         version=__version__,
@@ -51,10 +47,16 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        exposition = latest()
-        if wants_openmetrics(request.headers.get("accept", "")):
-            return Response(exposition.openmetrics, media_type=OPENMETRICS_CONTENT_TYPE)
-        return Response(exposition.text, media_type=TEXT_CONTENT_TYPE)
+        published = publication.latest()
+        fmt = negotiate_format(request.headers.get("accept", ""))
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if accepts_gzip(request.headers.get("accept-encoding", "")):
+            body = published.gzipped.get(fmt)
+            if body is not None:
+                headers["Content-Encoding"] = "gzip"
+                return Response(body, media_type=fmt.content_type, headers=headers)
+            publication.want_gzip(fmt)
+        return Response(published.bodies[fmt], media_type=fmt.content_type, headers=headers)
 
     @app.get("/healthz", response_class=Response)
     async def healthz() -> Response:
@@ -62,19 +64,22 @@ def create_app(
 
     @app.get("/readyz", response_class=Response)
     async def readyz() -> Response:
-        if latest().snapshot.tick > 0:
+        published = publication.latest()
+        if published.ready:
             return Response(b"ready\n", media_type="text/plain")
-        return Response(
-            b"not ready: first collection not finished\n", status_code=503, media_type="text/plain"
-        )
+        reason = "first collection not finished" if published.collector_up else "collector process down"
+        return Response(f"not ready: {reason}\n".encode(), status_code=503, media_type="text/plain")
 
     @app.get("/api/v1/snapshot")
     async def snapshot() -> Response:
-        return Response(SNAPSHOT_JSON.dump_json(latest().snapshot), media_type="application/json")
+        body = await publication.snapshot_json()
+        if body is None:
+            return JSONResponse({"error": "no snapshot: the collector process is down"}, status_code=503)
+        return Response(body, media_type="application/json")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def landing() -> HTMLResponse:
-        scenario = latest().snapshot.node.simulated_scenario
+        scenario = publication.latest().simulated_scenario
         mode = f" <strong>Simulated node</strong> (scenario {scenario}): not real GPUs." if scenario else ""
         return HTMLResponse(LANDING_PAGE.format(version=__version__, mode=mode))
 

@@ -11,29 +11,21 @@ import argparse
 import ctypes
 import logging
 import os
-import signal
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import yaml
 
 from exporter import __version__
-from exporter.config import DEFAULT_PORT, Config, ConfigError, EndpointConfig, load_config
+from exporter.config import DEFAULT_PORT, ConfigError, load_config
 from exporter.demo.scenarios import SCENARIOS
-from exporter.derive.window import Deriver
 from exporter.model import ENGINE_AUTO, ENGINE_NAMES, LOG_LEVELS
-from exporter.sources.base import Source, SourceError
 
 EXIT_CONFIG_ERROR = 2
 
-log = logging.getLogger("tpw_exporter")
 
 DESCRIPTION = """\
 tpw-exporter joins GPU efficiency (NVML utilisation, power, energy, and GPM profiling metrics: SM
@@ -225,138 +217,6 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-@dataclass
-class Node:
-    """What one daemon collects: its sources, the endpoints it attributes, and what to stop at exit."""
-
-    sources: list[Source]
-    endpoints: list[EndpointConfig]
-    stop: list[Callable[[], None]] = field(default_factory=list)
-
-
-def build_node(config: Config, command: str) -> Node:
-    """GPU source (NVML, or the simulated node for `demo` plus its simulated engine) and endpoints."""
-    endpoints = list(config.endpoints)
-    stop: list[Callable[[], None]] = []
-    if command == "demo":
-        from exporter.demo.engine import (
-            DEMO_ENDPOINT_NAME,
-            SimulatedEngine,
-            SimulatedEngineServer,
-        )
-        from exporter.sources.simulated import SimulatedSource
-
-        simulation = config.simulation
-        schedule = [(entry.scenario, entry.seconds) for entry in simulation.schedule or ()]
-        gpu_source: Source = SimulatedSource(
-            simulation.gpus, simulation.scenario, simulation.phase_seconds, schedule=schedule or None
-        )
-        engine = SimulatedEngine(gpu_source.scenario, simulation.gpus, gpu_source.elapsed, time.time())
-        server = SimulatedEngineServer(engine)
-        server.start()
-        stop.append(server.stop)
-        if all(endpoint.name != DEMO_ENDPOINT_NAME for endpoint in endpoints):
-            demo = EndpointConfig(name=DEMO_ENDPOINT_NAME, url=server.url, engine="vllm", gpus="all")
-            endpoints.append(demo)
-    else:
-        from exporter.sources.nvml import DeviceSelectionError, NvmlSource
-
-        gpu_source = NvmlSource(
-            profiling=config.nvml.profiling,
-            gpu_timeout_seconds=config.nvml.gpu_timeout_seconds or 0.8 * config.interval,
-            retry_max_seconds=config.nvml.retry_max_seconds,
-            devices=config.nvml.devices,
-        )
-        try:  # open the GPUs now, so that a device the node lacks is a start-up error, not a log line
-            gpu_source.initialise()
-        except DeviceSelectionError as exc:
-            raise ConfigError(str(exc)) from None
-        except SourceError as exc:  # no driver yet: the daemon keeps retrying with backoff
-            log.warning("%s; retrying in the background", exc)
-    sources = [gpu_source]
-    if endpoints:
-        from exporter.sources.endpoints import EndpointsSource
-
-        sources.append(EndpointsSource(endpoints, tick_budget_seconds=0.8 * config.interval))
-    return Node(sources, endpoints, stop)
-
-
-def build_deriver(config: Config) -> Deriver:
-    """The derive stage: aligned-window throughput per watt, roofline bound, cost (`derive`, `site`)."""
-    return Deriver(
-        window=config.derive.window,
-        thresholds=config.derive.bound.thresholds(),
-        site=config.site.site(),
-        tolerance=config.interval / 2,
-    )
-
-
-def _server_class() -> type:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, but SIGTERM is a normal stop (exit 0), as systemd and Kubernetes expect."""
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if sig == signal.SIGTERM:
-                self.should_exit = True
-            else:
-                super().handle_exit(sig, frame)
-
-    return Server
-
-
-def serve(config: Config, command: str) -> int:
-    """Start collection in its thread and the HTTP server in this one; return when SIGTERM/SIGINT arrives."""
-    import uvicorn
-
-    from exporter.app import create_app
-    from exporter.attribution import Attributor
-    from exporter.daemon import Daemon, DaemonThread
-    from exporter.render.derived import derived_families
-    from exporter.render.endpoints import endpoint_families
-    from exporter.render.exposition import Renderer
-
-    node = build_node(config, command)
-    daemon = Daemon(
-        node.sources,
-        Renderer(extra=[endpoint_families, derived_families]),
-        config.interval,
-        stages=[Attributor(node.endpoints), build_deriver(config)],
-    )
-    collector = DaemonThread(daemon)
-
-    @asynccontextmanager
-    async def lifespan(_: Any) -> AsyncIterator[None]:
-        collector.start()
-        log.info(
-            "tpw-exporter %s (%s) listening on %s, interval %gs",
-            __version__,
-            "simulated node" if command == "demo" else "NVML",
-            config.listen_address,
-            config.interval,
-        )
-        yield
-        collector.stop(timeout=1.0)
-        for stop in node.stop:
-            stop()
-
-    app = create_app(lambda: daemon.latest, lifespan=lifespan)
-    server = _server_class()(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level=config.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=1,
-            log_config=None,
-        )
-    )
-    server.run()
-    return 0 if server.started else 1
-
-
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
 
@@ -395,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is noise
     limit_malloc_arenas()
     try:
+        from exporter.server import serve
+
         return serve(config, args.command)
     except ConfigError as exc:  # found while opening what the config names (e.g. a GPU the node lacks)
         print(f"tpw-exporter: config error: {exc}", file=sys.stderr)

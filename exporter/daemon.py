@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from exporter.model import EndpointSample, GpuSample, NodeInfo, Snapshot, SourceStatus
+from exporter.published import Format, Published, publish
 from exporter.render.exposition import Exposition, Renderer
 from exporter.sources.base import Collected, Source, SourceError
 
@@ -55,6 +56,8 @@ class Daemon:
         self._gpu_up: dict[str, bool] = {}
         empty = Snapshot(tick=0, wall_time=wall_clock(), monotonic_time=clock(), duration_seconds=0.0)
         self.latest: Exposition = renderer.render(empty)
+        # Called with each new exposition (the collector process sends it to the HTTP server).
+        self.publish: Callable[[Exposition], None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -119,6 +122,8 @@ class Daemon:
             snapshot = stage(snapshot)
         snapshot = dataclasses.replace(snapshot, duration_seconds=self._clock() - started)
         self.latest = self.renderer.render(snapshot)
+        if self.publish is not None:
+            self.publish(self.latest)
         return self.latest
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -175,3 +180,36 @@ class DaemonThread:
             with contextlib.suppress(RuntimeError):  # the loop closed in the meantime
                 self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
+
+
+class InProcessPublication:
+    """`Publication` over a Daemon in this process (tests, embedding); `serve` uses the collector process."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._gzip: set[Format] = set()
+        self._published: tuple[Exposition, Published] | None = None
+
+    def latest(self) -> Published:
+        exposition = self.daemon.latest
+        if self._published is None or self._published[0] is not exposition:
+            snapshot = exposition.snapshot
+            published = publish(
+                snapshot.tick,
+                exposition.text,
+                exposition.openmetrics,
+                self._gzip,
+                snapshot.node.simulated_scenario,
+            )
+            self._published = (exposition, published)
+        return self._published[1]
+
+    def want_gzip(self, fmt: Format) -> None:
+        if fmt not in self._gzip:
+            self._gzip.add(fmt)
+            self._published = None
+
+    async def snapshot_json(self) -> bytes | None:
+        from exporter.snapshot_json import snapshot_json
+
+        return snapshot_json(self.daemon.latest.snapshot)

@@ -7,7 +7,8 @@ import asyncio
 from fastapi.testclient import TestClient
 
 from exporter.app import create_app
-from exporter.daemon import Daemon
+from exporter.daemon import Daemon, InProcessPublication
+from exporter.published import Format, Published, collector_down
 from exporter.render.exposition import Renderer
 from exporter.sources.simulated import SimulatedSource
 
@@ -16,7 +17,7 @@ def client_and_daemon(tick: bool = True) -> tuple[TestClient, Daemon]:
     daemon = Daemon([SimulatedSource(gpus=2, scenario="compute-bound")], Renderer(), interval=1.0)
     if tick:
         asyncio.run(daemon.tick())
-    return TestClient(create_app(lambda: daemon.latest)), daemon
+    return TestClient(create_app(InProcessPublication(daemon))), daemon
 
 
 def test_metrics_text_and_openmetrics_negotiation() -> None:
@@ -63,3 +64,42 @@ def test_landing_page_links_and_says_simulated() -> None:
     assert "Simulated node" in page
     missing = client.get("/nope")
     assert missing.status_code == 404 and "see /" in missing.json()["error"]
+
+
+def test_gzip_once_a_scraper_asked_for_it() -> None:
+    client, _ = client_and_daemon()
+    om = {"Accept": "application/openmetrics-text", "Accept-Encoding": "gzip"}
+    plain = client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text", "Accept-Encoding": "identity"}
+    )
+    first = client.get("/metrics", headers=om)  # asks for compression, which is not ready yet
+    assert "content-encoding" not in first.headers and first.content == plain.content
+    packed = client.get("/metrics", headers=om)
+    assert packed.headers["content-encoding"] == "gzip"  # (TestClient decompresses the body)
+    assert packed.content == plain.content
+    assert "Accept-Encoding" in packed.headers["vary"]
+    refused = client.get("/metrics", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused.headers
+    assert refused.content.endswith(b"\n") and not refused.content.endswith(b"# EOF\n")
+
+
+class Down:
+    """A publication whose collector process is down."""
+
+    def latest(self) -> Published:
+        return collector_down()
+
+    def want_gzip(self, fmt: Format) -> None:
+        pass
+
+    async def snapshot_json(self) -> bytes | None:
+        return None
+
+
+def test_a_down_collector_is_not_ready_and_has_no_snapshot() -> None:
+    client = TestClient(create_app(Down()))
+    assert client.get("/readyz").status_code == 503
+    assert "collector process down" in client.get("/readyz").text
+    assert client.get("/api/v1/snapshot").status_code == 503
+    assert b"tpw_exporter_collector_up 0.0" in client.get("/metrics").content
+    assert client.get("/healthz").status_code == 200

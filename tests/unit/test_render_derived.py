@@ -12,11 +12,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from render_common import run_daemon, series
 
-from exporter.app import SNAPSHOT_JSON
-from exporter.cli import build_deriver
 from exporter.config import load_config
 from exporter.derive.window import Site
+from exporter.node import build_deriver
 from exporter.render.derived import derived_families
+from exporter.snapshot_json import snapshot_json
 
 ENDPOINT_METRICS = {
     "tpw_endpoint_generation_tokens_per_second",
@@ -137,7 +137,7 @@ def test_no_derived_values_renders_empty_families() -> None:
 
 def test_snapshot_json_carries_derived_values() -> None:
     snapshot = run_daemon().latest.snapshot
-    payload = json.loads(SNAPSHOT_JSON.dump_json(snapshot))
+    payload = json.loads(snapshot_json(snapshot))
     assert payload["derived"]["window_seconds"] == pytest.approx(4)
     assert {e["name"] for e in payload["derived"]["endpoints"]} == {"llm", "sdxl"}
     assert payload["derived"]["gpus"][1]["bound"] == "compute"

@@ -1,0 +1,458 @@
+"""Collection in its own process, so that a scrape never waits on a tick.
+
+A tick (NVML reads, endpoint scrapes, parsing, derivation, rendering) is Python work that holds the
+interpreter for milliseconds at a time, tens of them on a large node; in one process every scrape that
+lands meanwhile waits for it. So the server forks a collector process at start-up. The collector ticks and
+sends each tick's `Published` bytes over a socket pair; the server only swaps a reference when a frame
+arrives and answers scrapes from it.
+
+Frames, both directions: a 4-byte big-endian length, then a pickle of a tuple.
+  collector → server  ("started",) once its sources are open, or ("error", message) if they cannot be;
+                      ("published", Published) after every tick; ("snapshot", json_bytes) on request.
+  server → collector  ("gzip", Format): a scraper wants that format compressed; ("snapshot",): send the
+                      latest snapshot as JSON. End of file: the server is gone, stop.
+
+If the collector dies (a driver bug that segfaults, the OOM killer) the server keeps answering: `/metrics`
+says `tpw_exporter_collector_up 0` and nothing stale, `/readyz` fails, and a new collector is forked after
+1, 2, 4 … 30 s; it counts the restarts in `tpw_exporter_collector_restarts_total`. A collector that exits
+cleanly (SIGTERM from a control-group kill) stops the server too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from exporter.published import Format, Published, collector_down, publish
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+    from exporter.config import Config
+    from exporter.model import Snapshot
+    from exporter.render.exposition import Exposition
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("!I")
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+RESTART_BACKOFF_SECONDS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+STABLE_AFTER_SECONDS = 60.0  # a collector up this long resets the restart backoff
+SNAPSHOT_TIMEOUT_SECONDS = 5.0
+
+# The collector's code: given its end of the socket pair and the restart count, collect until told to stop;
+# returns the process's exit code.
+CollectorTarget = Callable[[socket.socket, int], int]
+
+
+class CollectorError(Exception):
+    """The collector process could not be started."""
+
+
+def encode_frame(message: tuple[Any, ...]) -> bytes:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Reassembles frames from a byte stream read in arbitrary pieces."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
+        self._buffer += data
+        messages: list[tuple[Any, ...]] = []
+        while len(self._buffer) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self._buffer)
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            messages.append(pickle.loads(self._buffer[HEADER.size : end]))
+            del self._buffer[:end]
+        return messages
+
+
+def describe_exit(status: int) -> str:
+    """'exit code 1' or 'killed by SIGSEGV' for a wait status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The collector's side
+
+
+class CollectorChannel:
+    """The collector's end: publishes each tick, answers the server's requests, notices when it is gone."""
+
+    def __init__(self, sock: socket.socket, stop: asyncio.Event) -> None:
+        self._sock = sock
+        self._stop = stop
+        self._decoder = FrameDecoder()
+        self._gzip: set[Format] = set()
+        self._latest: Exposition | None = None
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self._sock.sendall(encode_frame(message))
+        except OSError:  # the server is gone: stop rather than tick for no one
+            self._stop.set()
+
+    def publish(self, exposition: Exposition) -> None:
+        self._latest = exposition
+        snapshot = exposition.snapshot
+        published = publish(
+            snapshot.tick,
+            exposition.text,
+            exposition.openmetrics,
+            self._gzip,
+            snapshot.node.simulated_scenario,
+        )
+        self.send(("published", published))
+
+    def on_readable(self) -> None:
+        try:
+            data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._stop.set()
+            return
+        for message in self._decoder.feed(data):
+            self._handle(message)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "gzip":
+            if message[1] not in self._gzip:
+                self._gzip.add(message[1])
+                if self._latest is not None:  # compressed from now, not from the next tick
+                    self.publish(self._latest)
+        elif message[0] == "snapshot" and self._latest is not None:
+            from exporter.snapshot_json import snapshot_json
+
+            self.send(("snapshot", snapshot_json(self._latest.snapshot)))
+
+
+def collector_families(restarts: int) -> Callable[[Snapshot], Iterator[Metric]]:
+    """The collector's own series: up, and how often the server had to restart it."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from exporter.published import COLLECTOR_DOWN_HELP
+
+    def families(_: Snapshot) -> Iterator[Metric]:
+        up = GaugeMetricFamily("tpw_exporter_collector_up", COLLECTOR_DOWN_HELP)
+        up.add_metric([], 1.0)
+        yield up
+        count = CounterMetricFamily(
+            "tpw_exporter_collector_restarts",
+            "Times the collection process died and was restarted since the exporter started.",
+        )
+        count.add_metric([], float(restarts))
+        yield count
+
+    return families
+
+
+def run_collector(sock: socket.socket, restarts: int, config: Config, command: str) -> int:
+    """The collector process's main: open the node's sources, tick until the server goes; the exit code."""
+    from exporter.config import ConfigError
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us
+    try:
+        asyncio.run(_collect(sock, restarts, config, command))
+    except ConfigError as exc:
+        with contextlib.suppress(OSError):
+            sock.sendall(encode_frame(("error", str(exc))))
+        return 2
+    return 0
+
+
+async def _collect(sock: socket.socket, restarts: int, config: Config, command: str) -> None:
+    from exporter.node import build_daemon, build_node
+
+    node = build_node(config, command)  # a ConfigError here is reported to the server, which exits 2
+    try:
+        stop = asyncio.Event()
+        channel = CollectorChannel(sock, stop)
+        daemon = build_daemon(node, config, extra_families=[collector_families(restarts)])
+        daemon.publish = channel.publish
+        channel.send(("started",))
+        channel.publish(daemon.latest)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_reader(sock.fileno(), channel.on_readable)
+        try:
+            await daemon.run(stop)
+        finally:
+            loop.remove_reader(sock.fileno())
+            await daemon.close()
+    finally:
+        for stop_part in node.stop:
+            stop_part()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The server's side
+
+
+class CollectorProcess:
+    """The server's handle on the collector: forks it, reads its frames, restarts it when it dies.
+
+    Implements `exporter.published.Publication` for the HTTP app. `on_exit` is called when the collector
+    exits cleanly on its own (it was sent SIGTERM): the server should stop too.
+    """
+
+    def __init__(
+        self,
+        target: CollectorTarget,
+        on_exit: Callable[[], None] = lambda: None,
+        backoff: tuple[float, ...] = RESTART_BACKOFF_SECONDS,
+    ) -> None:
+        self._target = target
+        self._on_exit = on_exit
+        self._backoff = backoff
+        self._restarts = 0
+        self._failures = 0
+        self._pid: int | None = None
+        self._sock: socket.socket | None = None
+        self._decoder = FrameDecoder()
+        self._started_at = 0.0
+        self._latest = collector_down()
+        self._gzip: set[Format] = set()
+        self._waiters: list[asyncio.Future[bytes | None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._restart_handle: asyncio.TimerHandle | None = None
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def restarts(self) -> int:
+        return self._restarts
+
+    # -- Publication
+
+    def latest(self) -> Published:
+        return self._latest
+
+    def want_gzip(self, fmt: Format) -> None:
+        if fmt not in self._gzip:
+            self._gzip.add(fmt)
+            self._send(("gzip", fmt))
+
+    async def snapshot_json(self) -> bytes | None:
+        if self._sock is None or not self._latest.collector_up:
+            return None
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._send(("snapshot",))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), SNAPSHOT_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(future)
+
+    # -- life cycle
+
+    def start(self, timeout: float) -> None:
+        """Fork the collector and wait until its sources are open and it published its first exposition;
+        ConfigError if the config names what the node lacks, CollectorError if it died or did not answer
+        within `timeout` seconds."""
+        from exporter.config import ConfigError
+
+        self._fork()
+        assert self._sock is not None and self._pid is not None
+        self._sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self._sock.settimeout(max(0.01, deadline - time.monotonic()))
+                data = self._sock.recv(1 << 20)
+                if not data:
+                    raise CollectorError(f"collector process ended during start-up ({self._reap()})")
+                for message in self._decoder.feed(data):
+                    if message[0] == "error":
+                        self._reap()
+                        raise ConfigError(message[1])
+                    self._handle(message)
+                if self._started_at and self._latest.collector_up:  # started, and its first exposition
+                    break
+        except TimeoutError:
+            self._kill()
+            raise CollectorError(f"collector process did not start within {timeout:g} s") from None
+        self._sock.setblocking(False)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the collector's frames on the server's event loop from now on."""
+        self._loop = loop
+        if self._sock is not None:
+            loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Close the socket (the collector stops at end of file), wait up to `timeout`, then kill."""
+        self._stopping = True
+        if self._restart_handle is not None:
+            self._restart_handle.cancel()
+        self._detach()
+        if self._pid is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, _ = os.waitpid(self._pid, os.WNOHANG)
+            if pid:
+                self._pid = None
+                return
+            time.sleep(0.01)
+        log.warning("collector process %d did not stop within %g s; killing it", self._pid, timeout)
+        self._kill()
+
+    # -- internals
+
+    def _fork(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for sock in (parent, child):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        if threading.active_count() > 1:
+            log.warning("forking the collector from a process with %d threads", threading.active_count())
+        pid = os.fork()
+        if pid == 0:  # the collector: never returns into the server's stack
+            code = 1
+            try:
+                # Only stdio and its socket: a listening socket or a scraper's connection inherited from
+                # the server would otherwise stay open as long as the collector lives.
+                os.closerange(3, child.fileno())
+                os.closerange(child.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
+                asyncio.events._set_running_loop(None)  # forked inside the server's loop (restarts)
+                code = self._target(child, self._restarts)
+            except BaseException:
+                log.exception("collector process failed")
+            finally:
+                os._exit(code)
+        child.close()
+        self._pid = pid
+        self._sock = parent
+        self._decoder = FrameDecoder()
+        self._started_at = 0.0
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self._sock is None:
+            return
+        with contextlib.suppress(OSError):  # a dead collector is noticed by the reader, not here
+            self._sock.send(encode_frame(message))
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "published":
+            self._latest = message[1]
+        elif kind == "snapshot":
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(message[1])
+        elif kind == "started":
+            self._started_at = time.monotonic()
+            for fmt in self._gzip:
+                self._send(("gzip", fmt))
+        elif kind == "error":
+            log.error("collector could not start: %s", message[1])
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._collector_ended()
+                return
+            for message in self._decoder.feed(data):
+                self._handle(message)
+
+    def _detach(self) -> None:
+        if self._sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    def _reap(self) -> str:
+        """Wait for the collector that closed its socket; its exit described."""
+        if self._pid is None:
+            return "not running"
+        deadline = time.monotonic() + 1.0
+        while True:
+            pid, status = os.waitpid(self._pid, os.WNOHANG)
+            if pid:
+                self._pid = None
+                return describe_exit(status)
+            if time.monotonic() > deadline:
+                self._kill()
+                return "did not exit after closing its socket; killed"
+            time.sleep(0.005)
+
+    def _kill(self) -> None:
+        if self._pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self._pid, 0)
+        self._pid = None
+
+    def _collector_ended(self) -> None:
+        self._detach()
+        up_for = time.monotonic() - self._started_at if self._started_at else 0.0
+        how = self._reap()
+        self._latest = collector_down()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._stopping:
+            return
+        if how == "exit code 0":
+            log.info("collector process stopped (%s); stopping the server", how)
+            self._on_exit()
+            return
+        if up_for >= STABLE_AFTER_SECONDS:
+            self._failures = 0
+        delay = self._backoff[min(self._failures, len(self._backoff) - 1)]
+        self._failures += 1
+        log.error("collector process died (%s); restarting it in %g s", how, delay)
+        assert self._loop is not None
+        self._restart_handle = self._loop.call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        self._restart_handle = None
+        if self._stopping:
+            return
+        self._restarts += 1
+        self._fork()
+        assert self._sock is not None and self._loop is not None
+        self._sock.setblocking(False)
+        self._loop.add_reader(self._sock.fileno(), self._on_readable)

@@ -1,0 +1,105 @@
+"""One daemon's parts from a Config: its sources, the attribution and derive stages, the renderer.
+
+Runs in the collector process (see `exporter.collector`): NVML, httpx and the renderer are imported here,
+never by the HTTP server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from exporter.config import Config, ConfigError, EndpointConfig
+from exporter.derive.window import Deriver
+from exporter.sources.base import Source, SourceError
+
+if TYPE_CHECKING:
+    from exporter.daemon import Daemon
+    from exporter.render.exposition import MetricSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    """What one daemon collects: its sources, the endpoints it attributes, and what to stop at exit."""
+
+    sources: list[Source]
+    endpoints: list[EndpointConfig]
+    stop: list[Callable[[], None]] = field(default_factory=list)
+
+
+def build_node(config: Config, command: str) -> Node:
+    """GPU source (NVML, or the simulated node for `demo` plus its simulated engine) and endpoints."""
+    endpoints = list(config.endpoints)
+    stop: list[Callable[[], None]] = []
+    if command == "demo":
+        from exporter.demo.engine import (
+            DEMO_ENDPOINT_NAME,
+            SimulatedEngine,
+            SimulatedEngineServer,
+        )
+        from exporter.sources.simulated import SimulatedSource
+
+        simulation = config.simulation
+        schedule = [(entry.scenario, entry.seconds) for entry in simulation.schedule or ()]
+        gpu_source: Source = SimulatedSource(
+            simulation.gpus, simulation.scenario, simulation.phase_seconds, schedule=schedule or None
+        )
+        engine = SimulatedEngine(gpu_source.scenario, simulation.gpus, gpu_source.elapsed, time.time())
+        server = SimulatedEngineServer(engine)
+        server.start()
+        stop.append(server.stop)
+        if all(endpoint.name != DEMO_ENDPOINT_NAME for endpoint in endpoints):
+            demo = EndpointConfig(name=DEMO_ENDPOINT_NAME, url=server.url, engine="vllm", gpus="all")
+            endpoints.append(demo)
+    else:
+        from exporter.sources.nvml import DeviceSelectionError, NvmlSource
+
+        gpu_source = NvmlSource(
+            profiling=config.nvml.profiling,
+            gpu_timeout_seconds=config.nvml.gpu_timeout_seconds or 0.8 * config.interval,
+            retry_max_seconds=config.nvml.retry_max_seconds,
+            devices=config.nvml.devices,
+        )
+        try:  # open the GPUs now, so that a device the node lacks is a start-up error, not a log line
+            gpu_source.initialise()
+        except DeviceSelectionError as exc:
+            raise ConfigError(str(exc)) from None
+        except SourceError as exc:  # no driver yet: the daemon keeps retrying with backoff
+            log.warning("%s; retrying in the background", exc)
+    sources = [gpu_source]
+    if endpoints:
+        from exporter.sources.endpoints import EndpointsSource
+
+        sources.append(EndpointsSource(endpoints, tick_budget_seconds=0.8 * config.interval))
+    return Node(sources, endpoints, stop)
+
+
+def build_deriver(config: Config) -> Deriver:
+    """The derive stage: aligned-window throughput per watt, roofline bound, cost (`derive`, `site`)."""
+    return Deriver(
+        window=config.derive.window,
+        thresholds=config.derive.bound.thresholds(),
+        site=config.site.site(),
+        tolerance=config.interval / 2,
+    )
+
+
+def build_daemon(node: Node, config: Config, extra_families: Sequence[MetricSource] = ()) -> Daemon:
+    """The tick over the node's sources: attribution, then the derive window, rendered with every family."""
+    from exporter.attribution import Attributor
+    from exporter.daemon import Daemon
+    from exporter.render.derived import derived_families
+    from exporter.render.endpoints import endpoint_families
+    from exporter.render.exposition import Renderer
+
+    return Daemon(
+        node.sources,
+        Renderer(extra=[endpoint_families, derived_families, *extra_families]),
+        config.interval,
+        stages=[Attributor(node.endpoints), build_deriver(config)],
+    )
