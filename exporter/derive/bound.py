@@ -1,25 +1,28 @@
 """The roofline bound: which resource limits a GPU, from its window-mean GPM ratios.
 
-`bound_evidence` turns GPM windows into evidence ratios (tensor, fp, dram, sm, graphics); `classify_bound`
-maps them to compute | memory | latency | idle | mixed with the `Thresholds` rules. Pure functions: the
-window that feeds them lives in `exporter.derive.window`.
+`evidence_from` turns window-mean GPM ratios into evidence ratios (tensor, fp, dram, sm, graphics), whatever
+computes the means: `bound_evidence` over GPM windows, the derive window over its running sums
+(`exporter.derive.window`). `classify_bound` maps evidence to compute | memory | latency | idle | mixed with
+the `Thresholds` rules. Pure functions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from exporter.model import BOUND_STATES, EVIDENCE_SIGNALS, Profiling, Thresholds
 
 __all__ = [
     "BOUND_STATES",
     "EVIDENCE_KEYS",
+    "EVIDENCE_RATIOS",
     "EVIDENCE_SIGNALS",
     "FP_KEYS",
     "Thresholds",
     "bound_evidence",
     "classify_bound",
+    "evidence_from",
 ]
 
 # GPM ratio keys (exporter.model.PROFILING_RATIOS) behind each evidence signal.
@@ -30,27 +33,35 @@ EVIDENCE_KEYS: dict[str, str] = {
     "graphics": "graphics_active",
 }
 FP_KEYS: tuple[str, ...] = ("fp16_active", "fp32_active", "fp64_active")
+# Every GPM ratio the evidence reads.
+EVIDENCE_RATIOS: tuple[str, ...] = (*EVIDENCE_KEYS.values(), *FP_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Roofline bound
 
 
-def bound_evidence(windows: Sequence[Profiling]) -> dict[str, float] | None:
-    """Time-weighted means of the GPM ratios the classifier uses; None without graphics/sm/tensor/dram.
+def evidence_from(mean: Callable[[str], float | None]) -> dict[str, float] | None:
+    """The evidence ratios, in EVIDENCE_SIGNALS order, from `mean`: a GPM ratio key → its window mean, or
+    None where the window has none. None without graphics/sm/tensor/dram.
 
-    `fp` is the largest of the fp16/fp32/fp64 window means, absent when the GPU reports none of them.
+    `fp` is the largest of the fp16/fp32/fp64 means, absent when the GPU reports none of them.
     """
     evidence: dict[str, float] = {}
     for signal, key in EVIDENCE_KEYS.items():
-        mean = _weighted_mean(windows, key)
-        if mean is None:
+        value = mean(key)
+        if value is None:
             return None
-        evidence[signal] = mean
-    fp = [mean for key in FP_KEYS if (mean := _weighted_mean(windows, key)) is not None]
+        evidence[signal] = value
+    fp = [value for key in FP_KEYS if (value := mean(key)) is not None]
     if fp:
         evidence["fp"] = max(fp)
     return {signal: evidence[signal] for signal in EVIDENCE_SIGNALS if signal in evidence}
+
+
+def bound_evidence(windows: Sequence[Profiling]) -> dict[str, float] | None:
+    """`evidence_from` the GPM windows: each ratio's mean weighted by the windows' lengths."""
+    return evidence_from(lambda key: _weighted_mean(windows, key))
 
 
 def _weighted_mean(windows: Sequence[Profiling], key: str) -> float | None:

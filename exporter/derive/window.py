@@ -29,14 +29,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from exporter.derive.bound import (
-    EVIDENCE_KEYS,
-    FP_KEYS,
-    bound_evidence,
-    classify_bound,
-)
+from exporter.derive.bound import EVIDENCE_RATIOS, bound_evidence, classify_bound, evidence_from
 from exporter.model import (
-    EVIDENCE_SIGNALS,
     WINDOWED_COUNTER_FIELDS,
     Derived,
     DerivedEndpoint,
@@ -49,6 +43,7 @@ from exporter.model import (
 )
 
 TOKENS = "tokens"
+GENERATION_TOKENS = "generation_tokens_total"  # the main counter of a token endpoint
 JOULES_PER_KWH = 3.6e6
 MULTIPLE_MODELS = "multiple"
 
@@ -159,7 +154,7 @@ def endpoint_step(
 def main_field_candidates(unit: str) -> tuple[str, ...]:
     """Counters that measure an endpoint's work, in preference order, by its unit."""
     if unit == TOKENS:
-        return ("generation_tokens_total",)
+        return (GENERATION_TOKENS,)
     if unit == "requests":
         return ("work_units_total", "requests_total")
     return ("work_units_total",)
@@ -175,40 +170,118 @@ def _step_main(unit: str, step: EndpointStep) -> str | None:
 # Every quantity the window needs is a sum over steps, so each tick carries cumulative sums (the previous
 # tick's plus this step's contribution) and the window's sum is `last − first`: the per-tick cost does not
 # depend on the window's length, and the history keeps only a `Mark` (time + compact totals) per tick, not
-# the snapshots. Endpoint totals are kept per "variant": the steps where a given main counter was readable
-# (or every usable step, variant ""), so the window can pick its main counter. GPU totals are keyed by
-# (index, UUID): a replaced GPU starts from zero.
+# the snapshots. The totals are flat `array('d')`s whose slots `ENDPOINT_SLOTS` and `GPU_SLOTS` name, so a
+# misspelt sum is an AttributeError or a KeyError, never a silent 0. Endpoint totals are kept per
+# "variant": the steps where a given main counter was readable (or every usable step, variant ""), so the
+# window can pick its main counter. GPU totals are keyed by (index, UUID): a replaced GPU starts from zero.
 
-Sums = dict[str, float]
+Sums = Sequence[float]  # a running total, or the sums over a window: indexed by ENDPOINT_SLOTS or GPU_SLOTS
+Contribution = dict[int, float]  # what one step adds, by slot
 EndpointKey = tuple[str, str]  # (endpoint name, variant: main counter field or "")
 GpuKey = tuple[int, str]  # (index, UUID)
 ALL_STEPS = ""
 
 
-def _layout(*groups: Iterable[str]) -> dict[str, int]:
-    names = [name for group in groups for name in group]
-    return {name: index for index, name in enumerate(names)}
+@dataclass(frozen=True, slots=True)
+class CounterSlots:
+    """One counter field over a set of steps: the steps where it was readable, its summed increase."""
+
+    steps: int
+    increase: int
 
 
-ENDPOINT_SUMS = _layout(
-    ("steps", "seconds"),
-    (f"{kind}:{name}" for name in WINDOWED_COUNTER_FIELDS for kind in ("n", "sum")),
-    ("e:steps", "e:energy", "e:seconds"),
-    (f"e:{kind}:{name}" for name in WINDOWED_COUNTER_FIELDS for kind in ("n", "sum")),
-    (
-        "u:steps",
-        "u:seconds",
-        "u:busy",
-        "u:fraction",
-        "u:n:generation_tokens_total",
-        "u:sum:generation_tokens_total",
-    ),
-)
-_GPM_KEYS: tuple[str, ...] = (*EVIDENCE_KEYS.values(), *FP_KEYS)
-GPU_SUMS = _layout(
-    ("steps", "energy", "seconds", "i:total", "i:idle"),
-    (f"p:{kind}:{key}" for key in _GPM_KEYS for kind in ("w", "ws")),
-)
+@dataclass(frozen=True, slots=True)
+class StepSetSlots:
+    """One set of an endpoint's steps: how many, their duration, and the sums of its counter fields."""
+
+    steps: int
+    seconds: int
+    counters: Mapping[str, CounterSlots]  # by counter field; a field without slots is a KeyError
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlots:
+    """Where an endpoint's sums sit in its running totals (`size` slots), over three nested sets of steps.
+
+    all          every step where the endpoint was up at both ends (seconds: between reads of its page)
+    energy       those where every attributed GPU had an energy increase (seconds: the GPUs' energy-clock
+                 time), with `energy_joules`: the endpoint's share of those GPUs' energy
+    utilization  those where every GPU also reported its utilization (seconds: page time), with `busy`
+                 (Σ utilization × Δt) and `mean_busy` (mean utilization × Δt); counters: generated tokens
+    """
+
+    all: StepSetSlots
+    energy: StepSetSlots
+    energy_joules: int
+    utilization: StepSetSlots
+    busy: int
+    mean_busy: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class GpmSlots:
+    """One GPM ratio over the window: the GPM window seconds that reported it, ratio × seconds."""
+
+    seconds: int
+    weighted: int
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSlots:
+    """Where a GPU's sums sit in its running totals (`size` slots).
+
+    `steps`, `energy_joules`, `seconds`: its energy steps. `owned_energy`: the energy of the steps where the
+    GPU served at least one endpoint and every such endpoint's work counter was readable; `idle_energy`:
+    the part of it where none of them did any work. `gpm`: per GPM ratio the evidence reads.
+    """
+
+    steps: int
+    energy_joules: int
+    seconds: int
+    owned_energy: int
+    idle_energy: int
+    gpm: Mapping[str, GpmSlots]
+    size: int
+
+
+class _Allocator:
+    """Hands out consecutive slot numbers; `size` is how many it gave."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def slot(self) -> int:
+        self.size += 1
+        return self.size - 1
+
+    def counters(self, fields: Iterable[str]) -> dict[str, CounterSlots]:
+        return {name: CounterSlots(self.slot(), self.slot()) for name in fields}
+
+    def step_set(self, fields: Iterable[str]) -> StepSetSlots:
+        steps, seconds = self.slot(), self.slot()
+        return StepSetSlots(steps, seconds, self.counters(fields))
+
+
+def _endpoint_slots() -> EndpointSlots:
+    new = _Allocator()
+    every = new.step_set(WINDOWED_COUNTER_FIELDS)
+    energy = new.step_set(WINDOWED_COUNTER_FIELDS)
+    energy_joules = new.slot()
+    utilization = new.step_set((GENERATION_TOKENS,))
+    busy, mean_busy = new.slot(), new.slot()
+    return EndpointSlots(every, energy, energy_joules, utilization, busy, mean_busy, new.size)
+
+
+def _gpu_slots() -> GpuSlots:
+    new = _Allocator()
+    steps, energy_joules, seconds, owned, idle = (new.slot() for _ in range(5))
+    gpm = {key: GpmSlots(new.slot(), new.slot()) for key in EVIDENCE_RATIOS}
+    return GpuSlots(steps, energy_joules, seconds, owned, idle, gpm, new.size)
+
+
+ENDPOINT_SLOTS = _endpoint_slots()
+GPU_SLOTS = _gpu_slots()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +289,8 @@ class Mark:
     """What the window needs of a past tick: its time and the running totals through it."""
 
     time: float
-    endpoints: dict[EndpointKey, array[float]]  # layout ENDPOINT_SUMS
-    gpus: dict[GpuKey, array[float]]  # layout GPU_SUMS
+    endpoints: dict[EndpointKey, array[float]]  # ENDPOINT_SLOTS
+    gpus: dict[GpuKey, array[float]]  # GPU_SLOTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,77 +312,73 @@ class Frame:
         return self.snapshot.monotonic_time
 
 
-def _add(
-    totals: array[float] | None, contribution: Mapping[str, float], layout: Mapping[str, int]
-) -> array[float]:
-    result = array("d", totals) if totals is not None else array("d", bytes(8 * len(layout)))
-    for key, value in contribution.items():
-        result[layout[key]] += value
+def _add(totals: array[float] | None, contribution: Contribution, size: int) -> array[float]:
+    result = array("d", totals) if totals is not None else array("d", bytes(8 * size))
+    for slot, value in contribution.items():
+        result[slot] += value
     return result
 
 
-def window_sums(first: array[float] | None, last: array[float] | None, layout: Mapping[str, int]) -> Sums:
-    """The sums over the steps after `first` up to `last` (both running totals in `layout`)."""
+def window_sums(first: array[float] | None, last: array[float] | None, size: int) -> Sums:
+    """The sums over the steps after `first` up to `last` (running totals of `size` slots)."""
     if last is None:
-        return {}
+        return array("d", bytes(8 * size))
     if first is None:
-        return {key: last[index] for key, index in layout.items()}
-    return {key: last[index] - first[index] for key, index in layout.items()}
+        return last
+    return array("d", (after - before for before, after in zip(first, last, strict=True)))
 
 
-def endpoint_contribution(step: EndpointStep, gpu_steps: Sequence[GpuStep | None]) -> Sums:
+def _count(contribution: Contribution, steps: StepSetSlots, increases: Mapping[str, float]) -> None:
+    for name, increase in increases.items():
+        slots = steps.counters[name]
+        contribution[slots.steps] = 1.0
+        contribution[slots.increase] = increase
+
+
+def endpoint_contribution(step: EndpointStep, gpu_steps: Sequence[GpuStep | None]) -> Contribution:
     """What one endpoint step adds: its rates, and its energy and utilization when all its GPUs had them.
 
     The energy is each attributed GPU's energy times this endpoint's share of that GPU (see
-    `exporter.attribution.share_gpus`), so the endpoints on a shared GPU add up to the GPU's energy.
-
-    Keys: `steps`, `seconds`, `n:F`/`sum:F` per counter field F (steps having F, its increase); `e:`
-    the same over the steps where every attributed GPU had an energy increase, plus `e:energy` and
-    `e:seconds` (energy-clock time); `u:` over those where every GPU also reported its utilization:
-    `u:seconds`, `u:busy` (Σ utilization × Δt), `u:fraction` (mean utilization × Δt), and the generated
-    tokens of those steps.
+    `exporter.attribution.share_gpus`), so the endpoints on a shared GPU add up to the GPU's energy. The
+    slots are `ENDPOINT_SLOTS`'s.
     """
-    contribution: Sums = {"steps": 1.0, "seconds": step.seconds}
-    for name, increase in step.increases.items():
-        contribution[f"n:{name}"] = 1.0
-        contribution[f"sum:{name}"] = increase
+    slots = ENDPOINT_SLOTS
+    contribution: Contribution = {slots.all.steps: 1.0, slots.all.seconds: step.seconds}
+    _count(contribution, slots.all, step.increases)
     known = [gpu for gpu in gpu_steps if gpu is not None]
     if not step.gpus or len(known) != len(gpu_steps):
         return contribution
     shares = step.shares if len(step.shares) == len(known) else (1.0,) * len(known)
-    contribution["e:steps"] = 1.0
+    contribution[slots.energy.steps] = 1.0
     energies = (gpu.energy_joules * share for gpu, share in zip(known, shares, strict=True))
-    contribution["e:energy"] = sum(energies)
-    contribution["e:seconds"] = sum(gpu.seconds for gpu in known) / len(known)
-    for name, increase in step.increases.items():
-        contribution[f"e:n:{name}"] = 1.0
-        contribution[f"e:sum:{name}"] = increase
+    contribution[slots.energy_joules] = sum(energies)
+    contribution[slots.energy.seconds] = sum(gpu.seconds for gpu in known) / len(known)
+    _count(contribution, slots.energy, step.increases)
     utilizations = [gpu.utilization_ratio for gpu in known]
     if all(value is not None for value in utilizations):
         busy = sum(value for value in utilizations if value is not None)
-        contribution["u:steps"] = 1.0
-        contribution["u:seconds"] = step.seconds
-        contribution["u:busy"] = busy * step.seconds
-        contribution["u:fraction"] = busy / len(utilizations) * step.seconds
-        if "generation_tokens_total" in step.increases:
-            contribution["u:n:generation_tokens_total"] = 1.0
-            contribution["u:sum:generation_tokens_total"] = step.increases["generation_tokens_total"]
+        contribution[slots.utilization.steps] = 1.0
+        contribution[slots.utilization.seconds] = step.seconds
+        contribution[slots.busy] = busy * step.seconds
+        contribution[slots.mean_busy] = busy / len(utilizations) * step.seconds
+        if GENERATION_TOKENS in step.increases:
+            _count(contribution, slots.utilization, {GENERATION_TOKENS: step.increases[GENERATION_TOKENS]})
     return contribution
 
 
 def gpu_contribution(
     gpu: GpuSample, step: GpuStep | None, owners: Sequence[tuple[EndpointSample, EndpointStep | None]]
-) -> Sums:
+) -> Contribution:
     """What one GPU adds this tick: energy over its step, its GPM window, and the idle-energy tally.
 
-    Keys: `steps`, `energy`, `seconds`; `p:w:K`, `p:ws:K` (GPM window seconds, ratio × seconds) for the
-    ratios the classifier uses; `i:total`, `i:idle`: energy of the steps where the
-    GPU served at least one endpoint and every such endpoint's work counter was readable, and the part of
-    it where none of them did any work.
+    The slots are `GPU_SLOTS`'s (see `GpuSlots` for what each sums).
     """
-    contribution: Sums = {}
+    slots = GPU_SLOTS
+    contribution: Contribution = {}
     if step is not None:
-        contribution.update(steps=1.0, energy=step.energy_joules, seconds=step.seconds)
+        contribution[slots.steps] = 1.0
+        contribution[slots.energy_joules] = step.energy_joules
+        contribution[slots.seconds] = step.seconds
         if owners:
             work = 0.0
             for endpoint, endpoint_step_ in owners:
@@ -318,15 +387,15 @@ def gpu_contribution(
                     break
                 work += endpoint_step_.increases[main]
             else:
-                contribution["i:total"] = step.energy_joules
-                contribution["i:idle"] = step.energy_joules if work == 0 else 0.0
+                contribution[slots.owned_energy] = step.energy_joules
+                contribution[slots.idle_energy] = step.energy_joules if work == 0 else 0.0
     if gpu.up and gpu.profiling is not None and gpu.profiling.window_seconds > 0:
         seconds = gpu.profiling.window_seconds
-        for key in _GPM_KEYS:
+        for key, gpm in slots.gpm.items():
             value = gpu.profiling.ratios.get(key)
             if value is not None and math.isfinite(value):
-                contribution[f"p:w:{key}"] = seconds
-                contribution[f"p:ws:{key}"] = value * seconds
+                contribution[gpm.seconds] = seconds
+                contribution[gpm.weighted] = value * seconds
     return contribution
 
 
@@ -364,7 +433,7 @@ def make_frame(snapshot: Snapshot, previous: Frame | None) -> Frame:
         for variant in (ALL_STEPS, *main_field_candidates(endpoint.unit)):
             if variant == ALL_STEPS or variant in step.increases:
                 key = (name, variant)
-                endpoint_totals[key] = _add(endpoint_totals.get(key), contribution, ENDPOINT_SUMS)
+                endpoint_totals[key] = _add(endpoint_totals.get(key), contribution, ENDPOINT_SLOTS.size)
 
     gpu_totals = dict(previous.mark.gpus) if previous else {}
     for index, gpu in gpus.items():
@@ -376,7 +445,7 @@ def make_frame(snapshot: Snapshot, previous: Frame | None) -> Frame:
         contribution = gpu_contribution(gpu, gpu_steps.get(index), owners)
         if contribution:
             key = (index, gpu.info.uuid)
-            gpu_totals[key] = _add(gpu_totals.get(key), contribution, GPU_SUMS)
+            gpu_totals[key] = _add(gpu_totals.get(key), contribution, GPU_SLOTS.size)
     mark = Mark(snapshot.monotonic_time, endpoint_totals, gpu_totals)
     return Frame(snapshot, gpus, endpoints, gpu_steps, endpoint_steps, mark, models, attributions, units)
 
@@ -393,12 +462,15 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _total(sums: Mapping[str, float], prefix: str, field_name: str | None) -> float | None:
+def _total(sums: Sums, steps: StepSetSlots, field_name: str | None) -> float | None:
     """A counter's increase over a set of steps, only if it was readable in every one of them."""
-    steps = sums.get(f"{prefix}steps", 0.0)
-    if field_name is None or not steps > 0 or sums.get(f"{prefix}n:{field_name}", 0.0) != steps:
+    count = sums[steps.steps]
+    if field_name is None or not count > 0:
         return None
-    return max(0.0, sums.get(f"{prefix}sum:{field_name}", 0.0))
+    counter = steps.counters[field_name]
+    if sums[counter.steps] != count:
+        return None
+    return max(0.0, sums[counter.increase])
 
 
 def derive_endpoint(name: str, first: Mark, last: Frame, site: Site = Site()) -> DerivedEndpoint | None:
@@ -410,39 +482,39 @@ def derive_endpoint(name: str, first: Mark, last: Frame, site: Site = Site()) ->
     utilization-based values use the subset of those where every GPU also reported its utilization.
     """
     unit = last.units[name]
-    sums: Sums = {}
+    slots = ENDPOINT_SLOTS
     main = None
     for variant in (*main_field_candidates(unit), ALL_STEPS):
         key = (name, variant)
-        sums = window_sums(first.endpoints.get(key), last.mark.endpoints.get(key), ENDPOINT_SUMS)
-        if sums.get("steps", 0.0) > 0:
+        sums = window_sums(first.endpoints.get(key), last.mark.endpoints.get(key), slots.size)
+        if sums[slots.all.steps] > 0:
             main = variant or None
             break
-    if not sums.get("steps", 0.0) > 0:
+    if not sums[slots.all.steps] > 0:
         return None
     is_tokens = unit == TOKENS
     work_field = main if not is_tokens else None
 
-    seconds = sums["seconds"]
+    seconds = sums[slots.all.seconds]
     values: dict[str, float | None] = {
-        "requests_per_second": _ratio(_total(sums, "", "requests_total"), seconds)
+        "requests_per_second": _ratio(_total(sums, slots.all, "requests_total"), seconds)
     }
     if is_tokens:
-        values["generation_tokens_per_second"] = _ratio(_total(sums, "", "generation_tokens_total"), seconds)
-        values["prompt_tokens_per_second"] = _ratio(_total(sums, "", "prompt_tokens_total"), seconds)
+        values["generation_tokens_per_second"] = _ratio(_total(sums, slots.all, GENERATION_TOKENS), seconds)
+        values["prompt_tokens_per_second"] = _ratio(_total(sums, slots.all, "prompt_tokens_total"), seconds)
     else:
-        values["work_units_per_second"] = _ratio(_total(sums, "", work_field), seconds)
+        values["work_units_per_second"] = _ratio(_total(sums, slots.all, work_field), seconds)
 
     # No energy increase means the counter told us nothing (stuck, or a window shorter than its 100 ms
     # update period): every energy-based value is then undefined, not 0.
-    energy = sums.get("e:energy", 0.0)
+    energy = sums[slots.energy_joules]
     power = (
-        _ratio(energy, sums.get("e:seconds", 0.0)) if sums.get("e:steps", 0.0) > 0 and energy > 0 else None
+        _ratio(energy, sums[slots.energy.seconds]) if sums[slots.energy.steps] > 0 and energy > 0 else None
     )
     joules = energy if power is not None else None
-    values["joules_per_request"] = _ratio(joules, _total(sums, "e:", "requests_total"))
+    values["joules_per_request"] = _ratio(joules, _total(sums, slots.energy, "requests_total"))
     if is_tokens:
-        tokens = _total(sums, "e:", "generation_tokens_total")
+        tokens = _total(sums, slots.energy, GENERATION_TOKENS)
         values["tokens_per_joule"] = _ratio(tokens, joules)
         values["joules_per_token"] = _ratio(joules, tokens)
         facility_kwh = joules / JOULES_PER_KWH * site.pue if joules is not None else None
@@ -457,16 +529,16 @@ def derive_endpoint(name: str, first: Mark, last: Frame, site: Site = Site()) ->
                     kwh_per_token * 1e6 * site.carbon_intensity_grams_per_kwh
                 )
     else:
-        work = _total(sums, "e:", work_field)
+        work = _total(sums, slots.energy, work_field)
         values["work_units_per_joule"] = _ratio(work, joules)
         values["joules_per_work_unit"] = _ratio(joules, work)
 
-    util_seconds = sums.get("u:seconds", 0.0)
-    if sums.get("u:steps", 0.0) > 0 and util_seconds > 0:
-        values["gpu_utilization_ratio"] = max(0.0, sums.get("u:fraction", 0.0)) / util_seconds
+    util_seconds = sums[slots.utilization.seconds]
+    if sums[slots.utilization.steps] > 0 and util_seconds > 0:
+        values["gpu_utilization_ratio"] = max(0.0, sums[slots.mean_busy]) / util_seconds
         if is_tokens:
             values["tokens_per_busy_gpu_second"] = _ratio(
-                _total(sums, "u:", "generation_tokens_total"), sums.get("u:busy", 0.0)
+                _total(sums, slots.utilization, GENERATION_TOKENS), sums[slots.busy]
             )
 
     return DerivedEndpoint(
@@ -481,34 +553,23 @@ def derive_endpoint(name: str, first: Mark, last: Frame, site: Site = Site()) ->
     )
 
 
-def _evidence_from_sums(sums: Mapping[str, float]) -> dict[str, float] | None:
-    """Window-mean GPM evidence from running sums: time-weighted where windows have a length."""
-
-    def mean(key: str) -> float | None:
-        weight = sums.get(f"p:w:{key}", 0.0)
-        if not weight > 1e-9:  # (running totals: a difference of equal sums may leave rounding noise)
-            return None
-        return min(max(sums.get(f"p:ws:{key}", 0.0) / weight, 0.0), 1.0)
-
-    evidence: dict[str, float] = {}
-    for signal, key in EVIDENCE_KEYS.items():
-        value = mean(key)
-        if value is None:
-            return None
-        evidence[signal] = value
-    fp = [value for key in FP_KEYS if (value := mean(key)) is not None]
-    if fp:
-        evidence["fp"] = max(fp)
-    return {signal: evidence[signal] for signal in EVIDENCE_SIGNALS if signal in evidence}
+def _gpm_mean(sums: Sums, key: str) -> float | None:
+    """A GPM ratio's window mean from the GPU's sums, weighted by GPM window length; None if unreported."""
+    gpm = GPU_SLOTS.gpm[key]
+    weight = sums[gpm.seconds]
+    if not weight > 1e-9:  # (running totals: a difference of equal sums may leave rounding noise)
+        return None
+    return min(max(sums[gpm.weighted] / weight, 0.0), 1.0)
 
 
 def derive_gpu(index: int, first: Mark, last: Frame, thresholds: Thresholds = Thresholds()) -> DerivedGpu:
     """One GPU over the window: energy, power, achieved DRAM bandwidth, idle share, roofline bound."""
     latest = last.gpus[index]
     key = (index, latest.info.uuid)
-    sums = window_sums(first.gpus.get(key), last.mark.gpus.get(key), GPU_SUMS)
-    energy = sums.get("energy", 0.0)
-    power = _ratio(energy, sums.get("seconds", 0.0)) if sums.get("steps", 0.0) > 0 and energy > 0 else None
+    slots = GPU_SLOTS
+    sums = window_sums(first.gpus.get(key), last.mark.gpus.get(key), slots.size)
+    energy = sums[slots.energy_joules]
+    power = _ratio(energy, sums[slots.seconds]) if sums[slots.steps] > 0 and energy > 0 else None
 
     bandwidth = None
     if latest.profiling is not None and latest.info.dram_peak_bandwidth_bytes_per_second is not None:
@@ -519,13 +580,13 @@ def derive_gpu(index: int, first: Mark, last: Frame, thresholds: Thresholds = Th
     # GPM windows inside the derive window: those of every frame after the first (the first frame's
     # window ends where the derive window starts); the latest window alone while there is one frame.
     if first is not last.mark:
-        evidence = _evidence_from_sums(sums)
+        evidence = evidence_from(lambda key: _gpm_mean(sums, key))
     else:
         evidence = bound_evidence([latest.profiling]) if latest.profiling is not None else None
 
     idle = None
     if any(index in endpoint.gpus for endpoint in last.snapshot.endpoints):
-        idle = _ratio(sums.get("i:idle", 0.0), sums.get("i:total", 0.0))
+        idle = _ratio(sums[slots.idle_energy], sums[slots.owned_energy])
     return DerivedGpu(
         index=index,
         energy_joules=energy if power is not None else None,
