@@ -170,10 +170,6 @@ def test_config_and_engines_reject_a_bad_generic_mapping_alike(mapping: dict[str
     assert str(from_engines.value) in str(from_config.value)
 
 
-# exporter/cli.py still names its logger "tpw_exporter": it changes with the serve()/main() rewrite.
-LOGGER_EXCEPTIONS = {("exporter/cli.py", "tpw_exporter")}
-
-
 def test_every_module_logs_under_its_own_name() -> None:
     root = Path(exporter.config.__file__).parent
     odd: set[tuple[str, str]] = set()
@@ -192,4 +188,4 @@ def test_every_module_logs_under_its_own_name() -> None:
                 if name == "httpx":  # another library's logger, quietened
                     continue
                 odd.add((path.relative_to(root.parent).as_posix(), str(name)))
-    assert odd <= LOGGER_EXCEPTIONS
+    assert odd == set()
