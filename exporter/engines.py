@@ -3,7 +3,8 @@
 Each :class:`EngineProfile` lists, per normalized field, candidate sources in preference order
 (newest metric name first). :func:`normalize` picks, for every field and every model, the first
 candidate that has samples on the page, so an engine that renamed a metric between versions is
-read either way and never counted twice. Citations for every name are in ``docs/engines.md``.
+read either way and never counted twice. Citations for every name are in ``docs/engines.md``; the
+normalized fields themselves are ``exporter.model.ENDPOINT_FIELDS``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from exporter.model import ENDPOINT_FIELD_NAMES, ENGINE_GENERIC, EndpointValue, check_generic_mapping
+from exporter.model import ENGINE_GENERIC, EndpointValue, check_generic_mapping
 from exporter.promtext import Sample
 
 __all__ = [
-    "NORMALIZED_FIELDS",
     "OUTCOMES",
     "PROFILES",
     "EngineProfile",
@@ -28,9 +28,6 @@ __all__ = [
     "is_detection_name",
     "normalize",
 ]
-
-NORMALIZED_FIELDS: tuple[str, ...] = ENDPOINT_FIELD_NAMES
-"""Every normalized field (`exporter.model.ENDPOINT_FIELDS`), in profile order."""
 
 OUTCOMES: tuple[str, ...] = ("success", "failure", "aborted", "other", "unknown")
 """Values of the ``outcome`` of ``requests_total``; ``unknown`` when the engine has no split."""

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from exporter.engines import (
-    NORMALIZED_FIELDS,
     PROFILES,
     EngineProfile,
     FieldSource,
@@ -20,6 +19,7 @@ from exporter.engines import (
     is_detection_name,
     normalize,
 )
+from exporter.model import ENDPOINT_FIELD_NAMES
 from exporter.promtext import parse_selected
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "engines"
@@ -219,7 +219,7 @@ def test_wanted_names_skip_buckets_and_created_series() -> None:
 
 def test_profiles_only_use_known_fields() -> None:
     for profile in PROFILES.values():
-        assert set(profile.fields) <= set(NORMALIZED_FIELDS)
+        assert set(profile.fields) <= set(ENDPOINT_FIELD_NAMES)
         assert "work_units_total" not in profile.fields
 
 
@@ -372,7 +372,7 @@ def test_generic_profile_reads_the_mapped_metrics() -> None:
 def test_generic_profile_rejects_unknown_fields_naming_them() -> None:
     with pytest.raises(ValueError, match="'tokens_total'") as error:
         generic_profile({"tokens_total": "x"}, "tokens")
-    for name in NORMALIZED_FIELDS:
+    for name in ENDPOINT_FIELD_NAMES:
         assert name in str(error.value)
 
 
