@@ -46,6 +46,7 @@ tools:
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Regenerate the Grafana dashboards (dashboards/*.json) from dashboards/build.py.
 dashboards: $(VENV)/.installed

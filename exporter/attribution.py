@@ -76,8 +76,11 @@ def listener_process_tree(port: int, include_siblings: bool = False) -> set[int]
         connections = psutil.net_connections(kind="inet")
     except (psutil.AccessDenied, PermissionError):
         return None
-    pids = {c.pid for c in connections if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
-    pids.discard(None)
+    pids = {
+        c.pid
+        for c in connections
+        if c.pid is not None and c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+    }
     if not pids:
         return None
     tree: set[int] = set()

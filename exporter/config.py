@@ -144,7 +144,6 @@ class SimulationConfig(_Strict):
 
 
 _THRESHOLDS = Thresholds()
-_RATIO = {"ge": 0.0, "le": 1.0}
 MAX_WINDOW_SECONDS = 86400.0
 
 
@@ -206,26 +205,33 @@ class BoundThresholds(_Strict):
     """Roofline classification thresholds on window-mean GPM ratios; defaults calibrated on an H100."""
 
     idle_graphics_below: float = Field(
-        _THRESHOLDS.idle_graphics_below, **_RATIO, description="idle when graphics-engine activity is below."
+        _THRESHOLDS.idle_graphics_below,
+        ge=0.0,
+        le=1.0,
+        description="idle when graphics-engine activity is below.",
     )
     compute_pipe_at_least: float = Field(
         _THRESHOLDS.compute_pipe_at_least,
-        **_RATIO,
+        ge=0.0,
+        le=1.0,
         description="compute-bound when max(tensor, fp16/32/64 pipe activity) is at least this.",
     )
     memory_dram_at_least: float = Field(
         _THRESHOLDS.memory_dram_at_least,
-        **_RATIO,
+        ge=0.0,
+        le=1.0,
         description="memory-bound when DRAM bandwidth utilization is at least this (and tensor is low).",
     )
     low_tensor_below: float = Field(
         _THRESHOLDS.low_tensor_below,
-        **_RATIO,
+        ge=0.0,
+        le=1.0,
         description="tensor activity below this counts as low (for memory- and latency-bound).",
     )
     latency_sm_below: float = Field(
         _THRESHOLDS.latency_sm_below,
-        **_RATIO,
+        ge=0.0,
+        le=1.0,
         description="latency-bound when SM activity is below this while the engine is busy.",
     )
 

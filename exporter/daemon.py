@@ -65,6 +65,7 @@ class Daemon:
 
     async def _collect(self, source: Source) -> tuple[Collected | None, SourceStatus]:
         started = self._clock()
+        error: str | None
         try:
             collected = await asyncio.wait_for(source.collect(), timeout=self.interval)
         except asyncio.TimeoutError:

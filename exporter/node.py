@@ -46,10 +46,11 @@ def build_node(config: Config, command: str) -> Node:
 
         simulation = config.simulation
         schedule = [(entry.scenario, entry.seconds) for entry in simulation.schedule or ()]
-        gpu_source: Source = SimulatedSource(
+        simulated = SimulatedSource(
             simulation.gpus, simulation.scenario, simulation.phase_seconds, schedule=schedule or None
         )
-        engine = SimulatedEngine(gpu_source.scenario, simulation.gpus, gpu_source.elapsed, time.time())
+        gpu_source: Source = simulated
+        engine = SimulatedEngine(simulated.scenario, simulation.gpus, simulated.elapsed, time.time())
         server = SimulatedEngineServer(engine)
         server.start()
         stop.append(server.stop)

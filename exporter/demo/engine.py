@@ -206,6 +206,8 @@ class SimulatedEngineServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
+        if isinstance(host, (bytes, bytearray)):  # typeshed allows bytes; an AF_INET socket gives str
+            host = host.decode()
         return f"http://{host}:{port}/metrics"
 
     def start(self) -> None:

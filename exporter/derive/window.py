@@ -408,8 +408,10 @@ def make_frame(snapshot: Snapshot, previous: Frame | None) -> Frame:
     if previous is not None:
         for index, gpu in gpus.items():
             before = previous.gpus.get(index)
-            if before is not None and (step := gpu_step(before, gpu, previous.time, snapshot.monotonic_time)):
-                gpu_steps[index] = step
+            if before is not None and (
+                step_g := gpu_step(before, gpu, previous.time, snapshot.monotonic_time)
+            ):
+                gpu_steps[index] = step_g
         for name, endpoint in endpoints.items():
             before_endpoint = previous.endpoints.get(name)
             if before_endpoint is not None and (
@@ -444,8 +446,8 @@ def make_frame(snapshot: Snapshot, previous: Frame | None) -> Frame:
         ]
         contribution = gpu_contribution(gpu, gpu_steps.get(index), owners)
         if contribution:
-            key = (index, gpu.info.uuid)
-            gpu_totals[key] = _add(gpu_totals.get(key), contribution, GPU_SLOTS.size)
+            gpu_key = (index, gpu.info.uuid)
+            gpu_totals[gpu_key] = _add(gpu_totals.get(gpu_key), contribution, GPU_SLOTS.size)
     mark = Mark(snapshot.monotonic_time, endpoint_totals, gpu_totals)
     return Frame(snapshot, gpus, endpoints, gpu_steps, endpoint_steps, mark, models, attributions, units)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 from exporter.model import ATTRIBUTION_PENDING, ENDPOINT_FIELDS, EndpointField, EndpointSample, Snapshot
 from exporter.render.families import gauge
@@ -115,7 +115,7 @@ def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
     work = CounterMetricFamily(
         "tpw_endpoint_work_units", _FIELD_HELP["work_units_total"], labels=[*LABELS, "unit"]
     )
-    simple: dict[str, Metric] = {
+    simple: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
         field.name: CounterMetricFamily(simple_metric_name(field), field.help, labels=LABELS)
         if field.kind == "counter"
         else gauge(simple_metric_name(field), field.help, LABELS)
@@ -139,9 +139,14 @@ def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
     yield from (requests, work, *simple.values())
     for name, (help_text, sum_field, count_field) in SUMMARIES.items():
         family = SummaryMetricFamily(name, help_text, labels=LABELS)
-        for labels, fields in sorted(latency.items()):
+        for series, fields in sorted(latency.items()):
             if sum_field in fields and count_field in fields:
-                family.add_metric(list(labels), count_value=fields[count_field], sum_value=fields[sum_field])
+                # prometheus_client annotates count_value as int; a scraped _count is a float, rendered as is
+                family.add_metric(
+                    list(series),
+                    count_value=fields[count_field],  # type: ignore[arg-type]
+                    sum_value=fields[sum_field],
+                )
         yield family
 
 

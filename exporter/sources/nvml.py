@@ -469,8 +469,8 @@ class NvmlSource(Source):
     # -- one tick --------------------------------------------------------------------------------------
     async def collect(self) -> Collected:
         await self._ensure_initialised()
-        *samples, profiles = await asyncio.gather(
-            *(self._read(reader) for reader in self._readers), self._read_profiles()
+        samples, profiles = await asyncio.gather(
+            asyncio.gather(*(self._read(reader) for reader in self._readers)), self._read_profiles()
         )
         merged = tuple(
             dataclasses.replace(sample, profiling=profiles.get(sample.info.index)) if sample.up else sample
