@@ -88,7 +88,9 @@ def start_exporter(
         command += ["--config", config_file.name]
     log = subprocess.DEVNULL if quiet else None
     if env is None:
-        env = {**exporter_env(), "PYTHONPATH": str(tree)} if tree != REPO else exporter_env()
+        env = exporter_env()
+        if tree != REPO:  # that tree first, then whatever else the environment provides
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     process = subprocess.Popen(command, cwd=tree, env=env, stderr=log)
     deadline = time.monotonic() + 60
     while True:

@@ -49,6 +49,7 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 RESTART_BACKOFF_SECONDS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STABLE_AFTER_SECONDS = 60.0  # a collector up this long resets the restart backoff
 SNAPSHOT_TIMEOUT_SECONDS = 5.0
+COLLECTOR_NICENESS = 10
 
 # The collector's code: given its end of the socket pair and the restart count, collect until told to stop;
 # returns the process's exit code.
@@ -176,6 +177,10 @@ def run_collector(sock: socket.socket, restarts: int, config: Config, command: s
     from exporter.config import ConfigError
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us
+    # Collection is background work and scrapes are not: on a busy node the scheduler runs the server
+    # (woken by a scrape) ahead of a tick in progress rather than after the tick's time slice.
+    with contextlib.suppress(OSError):
+        os.nice(COLLECTOR_NICENESS)
     try:
         asyncio.run(_collect(sock, restarts, config, command))
     except ConfigError as exc:

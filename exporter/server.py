@@ -98,6 +98,8 @@ def serve(config: Config, command: str) -> int:
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         collector.attach(asyncio.get_running_loop())
+        gc.collect()
+        gc.freeze()  # the HTTP stack, loaded after the fork, is never garbage: keep collections short
         log.info(
             "tpw-exporter %s (%s) listening on %s, interval %gs, collector pid %s",
             __version__,
