@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from exporter.published import Format, Published, collector_down, publish
+from exporter.published import Format, Published, collector_down
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -116,16 +116,10 @@ class CollectorChannel:
             self._stop.set()
 
     def publish(self, exposition: Exposition) -> None:
+        from exporter.daemon import published_from
+
         self._latest = exposition
-        snapshot = exposition.snapshot
-        published = publish(
-            snapshot.tick,
-            exposition.text,
-            exposition.openmetrics,
-            self._gzip,
-            snapshot.node.simulated_scenario,
-        )
-        self.send(("published", published))
+        self.send(("published", published_from(exposition, self._gzip)))
 
     def on_readable(self) -> None:
         try:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from exporter.model import EndpointSample, GpuSample, NodeInfo, Snapshot, SourceStatus
 from exporter.published import Format, Published, publish
@@ -183,6 +183,18 @@ class DaemonThread:
         self._thread.join(timeout)
 
 
+def published_from(exposition: Exposition, gzip_formats: Iterable[Format]) -> Published:
+    """What the HTTP server serves for one tick's exposition, compressing `gzip_formats` now."""
+    snapshot = exposition.snapshot
+    return publish(
+        snapshot.tick,
+        exposition.text,
+        exposition.openmetrics,
+        gzip_formats,
+        snapshot.node.simulated_scenario,
+    )
+
+
 class InProcessPublication:
     """`Publication` over a Daemon in this process (tests, embedding); `serve` uses the collector process."""
 
@@ -194,15 +206,7 @@ class InProcessPublication:
     def latest(self) -> Published:
         exposition = self.daemon.latest
         if self._published is None or self._published[0] is not exposition:
-            snapshot = exposition.snapshot
-            published = publish(
-                snapshot.tick,
-                exposition.text,
-                exposition.openmetrics,
-                self._gzip,
-                snapshot.node.simulated_scenario,
-            )
-            self._published = (exposition, published)
+            self._published = (exposition, published_from(exposition, self._gzip))
         return self._published[1]
 
     def want_gzip(self, fmt: Format) -> None:
