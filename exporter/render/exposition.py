@@ -19,9 +19,6 @@ from exporter import __version__
 from exporter.model import CLOCK_EVENT_REASONS, PROFILING_RATES, GpuSample, Profiling, Snapshot
 from exporter.render.families import GaugeTable, gauge, table_families
 
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
 # (metric name, help, value getter) for the per-GPU gauges that come straight from one sample field.
 GPU_GAUGES: GaugeTable[GpuSample] = (
     (
