@@ -321,6 +321,19 @@ class DerivedGpu:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointEnergyTotal:
+    """An endpoint's attributed GPU energy since the exporter started: the `…_energy_joules_total` counter.
+
+    Read in the same tick as the endpoint's token and request counters, so PromQL's
+    `rate(tokens[w]) / rate(energy[w])` divides increases over the very same samples.
+    """
+
+    name: str
+    model: str  # as DerivedEndpoint.model: the single model served, "multiple", or ""
+    joules: float
+
+
+@dataclass(frozen=True, slots=True)
 class Derived:
     """What `exporter.derive.Deriver` computed from the snapshots inside the derive window."""
 
@@ -328,6 +341,7 @@ class Derived:
     endpoints: tuple[DerivedEndpoint, ...] = ()
     gpus: tuple[DerivedGpu, ...] = ()
     currency: str = "USD"
+    energy_totals: tuple[EndpointEnergyTotal, ...] = ()  # every attributed endpoint, since start
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from exporter.model import (
     Derived,
     DerivedEndpoint,
     DerivedGpu,
+    EndpointEnergyTotal,
     EndpointSample,
     GpuSample,
     Site,
@@ -306,6 +307,7 @@ class Frame:
     models: dict[str, str]  # model label from the newest sample of each endpoint that had values
     attributions: dict[str, tuple[int, ...]]  # GPUs of each endpoint at its newest step
     units: dict[str, str]  # unit of work of every endpoint seen, from its newest sample
+    energy_totals: dict[str, float]  # attributed energy of each endpoint since start (see `energy_totals`)
 
     @property
     def time(self) -> float:
@@ -449,7 +451,39 @@ def make_frame(snapshot: Snapshot, previous: Frame | None) -> Frame:
             gpu_key = (index, gpu.info.uuid)
             gpu_totals[gpu_key] = _add(gpu_totals.get(gpu_key), contribution, GPU_SLOTS.size)
     mark = Mark(snapshot.monotonic_time, endpoint_totals, gpu_totals)
-    return Frame(snapshot, gpus, endpoints, gpu_steps, endpoint_steps, mark, models, attributions, units)
+    energy = energy_totals(snapshot.endpoints, gpu_steps, previous.energy_totals if previous else {})
+    return Frame(
+        snapshot, gpus, endpoints, gpu_steps, endpoint_steps, mark, models, attributions, units, energy
+    )
+
+
+def energy_totals(
+    endpoints: Iterable[EndpointSample], gpu_steps: Mapping[int, GpuStep], previous: Mapping[str, float]
+) -> dict[str, float]:
+    """Each attributed endpoint's energy counter: `previous` plus its share of its GPUs' energy this step.
+
+    An endpoint's counter starts at 0 on the first tick its GPUs are known and grows by the step's energy
+    whenever every attributed GPU has one, whether or not the endpoint's page was readable: the engine's
+    own counters keep counting meanwhile, so over any range the two increases still cover the same time.
+    A step where one of its GPUs has no energy reading adds nothing (its tokens still count): the one case
+    where the counters' ratio is not aligned, and the window's `tokens_per_joule` skips that step instead.
+    """
+    totals = dict(previous)
+    for endpoint in endpoints:
+        if not endpoint.gpus:
+            continue
+        if endpoint.name not in totals:
+            totals[endpoint.name] = 0.0  # the first value covers no step
+            continue
+        steps = [gpu_steps.get(index) for index in endpoint.gpus]
+        shares = endpoint.gpu_shares
+        if len(shares) != len(steps):
+            shares = (1.0,) * len(steps)
+        if all(step is not None for step in steps):
+            totals[endpoint.name] += sum(
+                step.energy_joules * share for step, share in zip(steps, shares, strict=True) if step
+            )
+    return totals
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -606,11 +640,16 @@ def derive(first: Mark, last: Frame, thresholds: Thresholds = Thresholds(), site
         derived for name in last.units if (derived := derive_endpoint(name, first, last, site)) is not None
     )
     gpus = tuple(derive_gpu(index, first, last, thresholds) for index, gpu in last.gpus.items() if gpu.up)
+    totals = tuple(
+        EndpointEnergyTotal(name, last.models.get(name, ""), joules)
+        for name, joules in sorted(last.energy_totals.items())
+    )
     return Derived(
         window_seconds=last.time - first.time,
         endpoints=endpoints,
         gpus=gpus,
         currency=site.currency,
+        energy_totals=totals,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.model import BOUND_STATES, EVIDENCE_SIGNALS, DerivedEndpoint, DerivedGpu, Snapshot
 from exporter.render.families import GaugeTable, gauge, table_families
@@ -167,6 +167,17 @@ def derived_families(snapshot: Snapshot) -> Iterator[Metric]:
         if endpoint.co2_grams_per_million_tokens is not None:
             co2.add_metric([endpoint.name, endpoint.model], endpoint.co2_grams_per_million_tokens)
     yield from (cost, co2)
+
+    energy = CounterMetricFamily(
+        "tpw_endpoint_energy_joules",
+        "GPU energy attributed to the endpoint since the exporter started (its share of a shared GPU), read "
+        "in the same tick as its token and request counters: rate(tpw_endpoint_generation_tokens_total[w]) "
+        "/ rate(tpw_endpoint_energy_joules_total[w]) is tokens per joule over exactly the same samples.",
+        labels=["endpoint", "model"],
+    )
+    for total in derived.energy_totals if derived is not None else ():
+        energy.add_metric([total.name, total.model], total.joules)
+    yield energy
 
     yield from table_families(GPU_GAUGES, ["gpu"], [((str(gpu.index),), gpu) for gpu in gpus])
 

@@ -55,6 +55,16 @@ def test_short_run_passes_and_reports_both_errors() -> None:
     assert errors.aligned < errors.two_scrapes
 
 
+def test_the_exporters_counters_are_aligned_and_two_scrapes_are_not() -> None:
+    """rate(tokens)/rate(energy) from one exposition: off its span's truth by the 100 ms quantization only."""
+    errors = alignment.simulate(30.0, duration=600.0)
+    assert errors.counters_span_p95 < 1.0
+    assert errors.two_scrapes_span > 5 * errors.counters_span  # the 0.37 s offset between the two targets
+    assert errors.counters < errors.two_scrapes
+    # against [T − w, T] staleness dominates every scraped value: several %, for the counters too
+    assert errors.counters > 10 * errors.counters_span
+
+
 def test_arguments_are_checked() -> None:
     with pytest.raises(SystemExit):
         alignment.main(["--windows", "10"])  # shorter than two scrapes

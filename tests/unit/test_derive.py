@@ -620,6 +620,8 @@ def test_sliding_window_equals_a_fresh_window(
     derived = run(deriver, snapshots)
     start = len(snapshots) - len(deriver.marks)
     fresh = derive_snapshots(snapshots[start:])
+    # (the energy counters run since start by design: not a window value)
+    derived, fresh = (dataclasses.replace(d, energy_totals=()) for d in (derived, fresh))
     assert _close(derived, fresh), (derived, fresh)
 
 
@@ -679,3 +681,57 @@ def test_tokens_per_busy_gpu_second_falls_when_batching_breaks_while_utilization
     assert after.gpu_utilization_ratio == pytest.approx(0.95)
     assert before.tokens_per_busy_gpu_second == pytest.approx(8000 / 0.95)
     assert after.tokens_per_busy_gpu_second == pytest.approx(1000 / 0.95)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The endpoint energy counter (tpw_endpoint_energy_joules_total)
+
+
+def _totals(derived: Derived) -> dict[str, tuple[str, float]]:
+    return {total.name: (total.model, total.joules) for total in derived.energy_totals}
+
+
+def test_energy_counter_sums_each_endpoints_share_since_start_beyond_the_window() -> None:
+    """Shared GPU 1 split 0.25 / 0.75: the counters add up to the GPUs' energy, over every step so far."""
+    snapshots = [
+        snap(
+            t,
+            [gpu(0, t, energy=1000.0 + 300.0 * t), gpu(1, t, energy=2000.0 + 200.0 * t)],
+            [
+                endpoint(t, name="a", generated=10.0 * t, gpus=(0, 1), shares=(1.0, 0.25)),
+                endpoint(t, name="b", generated=30.0 * t, gpus=(1,), shares=(0.75,), model="mistral"),
+            ],
+        )
+        for t in range(12)
+    ]
+    derived = run(Deriver(window=3.0), snapshots)
+    totals = _totals(derived)
+    assert totals["a"] == ("llama", pytest.approx(11 * (300.0 + 0.25 * 200.0)))  # 11 steps
+    assert totals["b"] == ("mistral", pytest.approx(11 * 0.75 * 200.0))
+    assert totals["a"][1] + totals["b"][1] == pytest.approx(11 * 500.0)
+
+
+def test_energy_counter_keeps_counting_while_the_endpoint_is_down_and_skips_steps_without_energy() -> None:
+    """Down page: its GPU's energy still counts (the engine's counters run on); GPU down: no step added."""
+    states = [(True, True)] * 3 + [(False, True)] * 2 + [(True, True)] * 2 + [(True, False)] + [(True, True)]
+    snapshots = [
+        snap(
+            t,
+            [gpu(0, t, energy=5e8 + 100.0 * t, up=gpu_up)],
+            [endpoint(t, generated=7.0 * t, up=endpoint_up)],
+        )
+        for t, (endpoint_up, gpu_up) in enumerate(states)
+    ]
+    derived = run(Deriver(window=60.0), snapshots)
+    # 8 steps; the two around the GPU's down tick (7) have no energy step: 6 steps of 100 J
+    assert _totals(derived)["llm"][1] == pytest.approx(600.0)
+
+
+def test_energy_counter_starts_at_zero_once_gpus_are_known_and_is_absent_before() -> None:
+    pending = snap(0, [gpu(0, 0, energy=100.0)], [endpoint(0, gpus=(), attribution="pending")])
+    first = snap(1, [gpu(0, 1, energy=200.0)], [endpoint(1, generated=5.0)])
+    second = snap(2, [gpu(0, 2, energy=350.0)], [endpoint(2, generated=9.0)])
+    deriver = Deriver(window=30.0)
+    assert run(deriver, [pending]).energy_totals == ()
+    assert _totals(run(deriver, [first])) == {"llm": ("llama", 0.0)}  # a step, but no GPUs known before
+    assert _totals(run(deriver, [second])) == {"llm": ("llama", 150.0)}

@@ -158,3 +158,18 @@ def test_build_deriver_follows_config() -> None:
     assert deriver.window == 60 and deriver.tolerance == 1.0
     assert deriver.thresholds.compute_pipe_at_least == 0.7
     assert deriver.site == Site(electricity_price_per_kwh=0.3, currency="GBP", pue=1.4)
+
+
+def test_energy_counter_is_a_counter_per_endpoint_that_grows_with_the_window_energy() -> None:
+    """`tpw_endpoint_energy_joules_total{endpoint,model}`: a counter, one per attributed endpoint."""
+    text = run_daemon().latest.text.decode()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    family = families["tpw_endpoint_energy_joules"]
+    assert family.type == "counter"
+    samples = [s for s in family.samples if s.name.endswith("_total")]
+    totals = {(s.labels["endpoint"], s.labels["model"]): s.value for s in samples}
+    assert set(totals) == {("llm", "llama-3-8b"), ("sdxl", "")}
+    window = series(text)["tpw_endpoint_window_energy_joules"]
+    for (name, model), joules in totals.items():
+        # the counter runs since start, the gauge over the window: at least as much, and some of it
+        assert joules >= window[(("endpoint", name), ("model", model))] * (1 - 1e-9) > 0
