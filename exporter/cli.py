@@ -20,11 +20,20 @@ from typing import Any
 import yaml
 
 from exporter import __version__
-from exporter.config import DEFAULT_PORT, ConfigError, load_config
+from exporter.config import (
+    DEFAULT_PORT,
+    ENV_PREFIX,
+    TICK_BUDGET_FRACTION,
+    Config,
+    ConfigError,
+    load_config,
+    unknown_env_variables,
+)
 from exporter.demo.scenarios import SCENARIOS
-from exporter.model import ENGINE_AUTO, ENGINE_NAMES, LOG_LEVELS
+from exporter.model import ENDPOINT_ENGINES, ENGINE_AUTO, ENGINE_GENERIC, LOG_LEVELS
 
 EXIT_CONFIG_ERROR = 2
+log = logging.getLogger(__name__)
 
 
 DESCRIPTION = """\
@@ -65,7 +74,8 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME=URL[,engine=E][,gpus=G][,timeout=S][,unit=U]",
         help="a serving engine's metrics page to scrape; repeatable. "
-        f"engine: {ENGINE_AUTO} (default), {', '.join(ENGINE_NAMES)}; "
+        f"engine: {', '.join(ENDPOINT_ENGINES)} (default {ENGINE_AUTO}; {ENGINE_GENERIC} needs a `mapping`, "
+        "so it is set in the config file); "
         "gpus: auto (default), all, or indices/UUIDs joined by '+' (gpus=0+1). "
         "Given --endpoint flags replace the config file's endpoint list.",
     )
@@ -236,12 +246,44 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+def unknown_env_warning(names: Sequence[str]) -> str:
+    """One line naming the ignored `TPW_*` variables (never their values, which may hold secrets)."""
+    plural = "s" if len(names) > 1 else ""
+    return (
+        f"ignoring unknown environment variable{plural} {', '.join(names)}: no such setting (a setting's "
+        f"variable is {ENV_PREFIX} plus its key, nested keys joined by __, e.g. {ENV_PREFIX}SIMULATION__GPUS)"
+    )
+
+
+def effective_timeouts(config: Config) -> str:
+    """YAML comments giving each endpoint's real scrape time limit (capped at the tick's budget)."""
+    if not config.endpoints:
+        return ""
+    lines = [
+        f"# effective scrape time limits: timeout_seconds capped at {TICK_BUDGET_FRACTION:.0%} of interval "
+        f"({config.tick_budget_seconds:g} s)"
+    ]
+    for endpoint in config.endpoints:
+        timeout = config.endpoint_timeout(endpoint)
+        capped = (
+            f" (timeout_seconds {endpoint.timeout_seconds:g} capped)"
+            if timeout < endpoint.timeout_seconds
+            else ""
+        )
+        lines.append(f"#   {endpoint.name}: {timeout:g} s{capped}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    unknown = unknown_env_variables()
     try:
         if args.command == "check-config":
             config = load_config(args.file)
+            if unknown:
+                print(f"tpw-exporter: warning: {unknown_env_warning(unknown)}", file=sys.stderr)
             sys.stdout.write(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+            sys.stdout.write(effective_timeouts(config))
             return 0
         config = load_config(args.config, overrides=flag_overrides(args))
     except ConfigError as exc:
@@ -253,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is noise
+    if unknown:
+        log.warning("%s", unknown_env_warning(unknown))
     limit_malloc_arenas()
     try:
         from exporter.server import serve

@@ -2,8 +2,10 @@
 
 Precedence: command-line flags override `TPW_*` environment variables, which override the YAML file,
 which overrides the defaults below. Nested keys use `__` in the environment
-(`TPW_SIMULATION__GPUS=8`). Every problem becomes a `ConfigError` whose message is one line naming the
-field, what is allowed and what was given.
+(`TPW_SIMULATION__GPUS=8`); a variable's value is taken as written, and JSON-decoded only for a setting
+that is a list or a mapping (`TPW_NVML__DEVICES='[0, 1]'`). `TPW_*` variables that name no setting are
+left out (`unknown_env_variables` names them for one warning). Every problem becomes a `ConfigError` whose
+message is one line naming the field, what is allowed and what was given.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -41,7 +44,13 @@ from exporter.model import (
 
 ENV_PREFIX = "TPW_"
 ENV_CONFIG_FILE = "TPW_CONFIG"
+# `TPW_*` variables the project uses that are not settings, never warned about: the config file's path,
+# and the address docker-compose.yml publishes its ports on.
+ENV_NOT_SETTINGS = frozenset({ENV_CONFIG_FILE, "TPW_BIND"})
 DEFAULT_PORT = 9835
+# The share of `interval` a tick's collection may take: the limit of each GPU's read
+# (`nvml.gpu_timeout_seconds` unset) and the cap on every endpoint's `timeout_seconds`.
+TICK_BUDGET_FRACTION = 0.8
 
 # The one list of scenarios is exporter.model.SCENARIO_NAMES (the CLI's --scenario choices too).
 Scenario = Literal[SCENARIO_NAMES]  # type: ignore[valid-type]
@@ -166,7 +175,11 @@ class EndpointConfig(_Strict):
         "listening on the URL's local port with NVML's compute processes; falls back to all).",
     )
     timeout_seconds: float = Field(
-        2.0, gt=0, le=60, description="Time limit for one scrape, capped at 80% of `interval`."
+        2.0,
+        gt=0,
+        le=60,
+        description="Time limit for one scrape, capped at 80% of `interval` (a value set above the cap is "
+        "logged at start; the default is capped silently).",
     )
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="Largest page accepted (decompressed).")
     unit: WorkUnit = Field("tokens", description="Unit of work (generic endpoints that do not serve tokens).")
@@ -191,6 +204,17 @@ class EndpointConfig(_Strict):
         if mapping is not None and info.data.get("engine") == ENGINE_GENERIC:
             check_generic_mapping(mapping, info.data.get("unit", "tokens"))  # ValueError naming the bad key
         return mapping
+
+    @property
+    def timeout_set(self) -> bool:
+        """Whether `timeout_seconds` was given (file, environment, flag) rather than left at its default."""
+        return "timeout_seconds" in self.model_fields_set
+
+    def effective_timeout(self, tick_budget_seconds: float | None) -> float:
+        """The scrape's time limit: `timeout_seconds`, capped at the tick's budget."""
+        if tick_budget_seconds is None:
+            return self.timeout_seconds
+        return min(self.timeout_seconds, tick_budget_seconds)
 
     @model_validator(mode="after")
     def _check_generic(self) -> EndpointConfig:
@@ -316,6 +340,15 @@ class Config(_Strict):
         return self
 
     @property
+    def tick_budget_seconds(self) -> float:
+        """How long one tick's collection may take (GPU reads, endpoint scrapes)."""
+        return TICK_BUDGET_FRACTION * self.interval
+
+    def endpoint_timeout(self, endpoint: EndpointConfig) -> float:
+        """The time limit the exporter really gives `endpoint`'s scrapes."""
+        return endpoint.effective_timeout(self.tick_budget_seconds)
+
+    @property
     def host(self) -> str:
         return split_listen_address(self.listen_address)[0]
 
@@ -336,8 +369,39 @@ def split_listen_address(value: str) -> tuple[str, int]:
     return host, port
 
 
+MAX_SHOWN_CHARS = 80
+_ALREADY_SAYS_GOT = re.compile(r"\bgot\b")
+
+
+def _without_secrets(text: str) -> str:
+    """A URL without its user info, query and fragment (tokens live there); other text as it is."""
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return text.split("://", 1)[0] + "://…"
+    if not (parts.username or parts.password or parts.query or parts.fragment):
+        return text
+    netloc = parts.hostname or ""
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
+def shown_value(value: Any) -> str:
+    """`value` as an error message quotes it: repr, secrets left out, at most MAX_SHOWN_CHARS."""
+    text = repr(_without_secrets(value) if isinstance(value, str) else value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 1] + "…"
+
+
 def format_validation_error(error: ValidationError) -> str:
-    """One line: `field.path: message (got value)` for each problem, joined by '; '."""
+    """One line: `field.path: problem (got value)` for each problem, joined by '; '.
+
+    The value is quoted once: not again when the problem already says what it got, never a mapping, and
+    never a URL's user info or query string.
+    """
     parts = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"]) or "config"
@@ -348,7 +412,11 @@ def format_validation_error(error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             message = "unknown field"
         given = item.get("input")
-        shown = "" if isinstance(given, dict) or item["type"] == "missing" else f" (got {given!r})"
+        says_it = (isinstance(given, str) and repr(given) in message) or _ALREADY_SAYS_GOT.search(message)
+        if isinstance(given, dict) or item["type"] == "missing" or says_it:
+            shown = ""
+        else:
+            shown = f" (got {shown_value(given)})"
         parts.append(f"{location}: {message}{shown}")
     return "; ".join(parts)
 
@@ -382,19 +450,69 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation admits (`NvmlConfig`, `X | None`, …)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [model for arg in get_args(annotation) for model in _models_in(arg)]
+    return []
+
+
+def _is_structured(annotation: Any) -> bool:
+    """Whether a setting of this type can be a list or a mapping (so its variable may hold JSON)."""
+    if _models_in(annotation):
+        return True
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_is_structured(arg) for arg in get_args(annotation))
+    return origin in (list, tuple, dict) or annotation in (list, tuple, dict)
+
+
+def _env_setting(name: str) -> tuple[list[str], Any] | None:
+    """`TPW_A__B` → (["a", "b"], the annotation of setting a.b), or None if it names no setting."""
+    path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+    models: list[type[BaseModel]] = [Config]
+    annotation: Any = None
+    for depth, part in enumerate(path):
+        fields = [model.model_fields[part] for model in models if part in model.model_fields]
+        if not fields:
+            return None
+        annotation = fields[0].annotation
+        if depth < len(path) - 1:
+            models = _models_in(annotation)  # only a nested model has keys below it
+    return path, annotation
+
+
+def _env_names(environ: Mapping[str, str]) -> list[str]:
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in ENV_NOT_SETTINGS)
+
+
+def unknown_env_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The `TPW_*` variable names that are no setting (a typo, another tool's): ignored, worth one warning."""
+    environ = os.environ if environ is None else environ
+    return [name for name in _env_names(environ) if _env_setting(name) is None]
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """`TPW_A__B=v` → {"a": {"b": v}}; JSON values (lists, objects) are decoded."""
+    """`TPW_A__B=v` → {"a": {"b": "v"}}, for every variable that names a setting.
+
+    Values are strings as written (pydantic converts numbers and booleans), except that a list or mapping
+    setting given as JSON (`[…]`, `{…}`) is decoded: `TPW_LISTEN_ADDRESS=[::]:9835` stays a string.
+    """
     result: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
-            continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+    for name in _env_names(environ):
+        setting = _env_setting(name)
+        if setting is None:
+            continue  # unknown_env_variables() names it
+        path, annotation = setting
+        raw = environ[name]
         value: Any = raw
-        if raw[:1] in ("[", "{"):
+        if _is_structured(annotation) and raw.lstrip()[:1] in ("[", "{"):
             try:
                 value = json.loads(raw)
-            except json.JSONDecodeError:
-                raise ConfigError(f"environment variable {name}: not valid JSON") from None
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"environment variable {name}: not valid JSON ({exc.msg})") from None
         node = result
         for part in path[:-1]:
             node = node.setdefault(part, {})

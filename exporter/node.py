@@ -62,7 +62,7 @@ def build_node(config: Config, command: str) -> Node:
 
         gpu_source = NvmlSource(
             profiling=config.nvml.profiling,
-            gpu_timeout_seconds=config.nvml.gpu_timeout_seconds or 0.8 * config.interval,
+            gpu_timeout_seconds=config.nvml.gpu_timeout_seconds or config.tick_budget_seconds,
             retry_max_seconds=config.nvml.retry_max_seconds,
             devices=config.nvml.devices,
         )
@@ -76,7 +76,7 @@ def build_node(config: Config, command: str) -> Node:
     if endpoints:
         from exporter.sources.endpoints import EndpointsSource
 
-        sources.append(EndpointsSource(endpoints, tick_budget_seconds=0.8 * config.interval))
+        sources.append(EndpointsSource(endpoints, tick_budget_seconds=config.tick_budget_seconds))
     return Node(sources, endpoints, stop)
 
 

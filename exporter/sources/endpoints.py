@@ -77,9 +77,10 @@ class EndpointScraper:
         self._client = client
         self._clock = clock
         # A scrape must end inside the tick, or one slow engine would delay the GPU metrics and the
-        # other endpoints: the configured timeout is capped at the tick's budget.
-        self.timeout = min(config.timeout_seconds, tick_budget_seconds or config.timeout_seconds)
-        if self.timeout < config.timeout_seconds:
+        # other endpoints: the timeout is capped at the tick's budget. Only a timeout the user chose is
+        # worth a warning; the default one is capped silently.
+        self.timeout = config.effective_timeout(tick_budget_seconds)
+        if self.timeout < config.timeout_seconds and config.timeout_set:
             log.warning(
                 "endpoint %s: timeout_seconds %g capped at %g s to fit the collection interval; "
                 "raise `interval` for engines slower than that",
