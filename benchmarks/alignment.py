@@ -14,7 +14,8 @@ tokens per joule over any window [T - w, T] is exact: Δtokens / Δenergy of the
 (c) two scrapes: Prometheus scrapes the engine's token counter and the exporter's energy counters as two
     independent targets, the engine `offset` seconds after the exporter, and evaluates
     `sum(rate(tokens[w])) / sum(rate(tpw_gpu_energy_joules_total[w]))` at T, with Prometheus's own
-    extrapolation (`prometheus_rate`, checked against promtool in tests/test_alignment_benchmark.py).
+    extrapolation (`prometheus_rate`, checked against promtool in
+    tests/integration/test_alignment_benchmark_promtool_and_script.py).
 
 Each is compared with the truth over [T - w, T] at every second T after a warm-up, for several w: that is
 the question a user asks at T, and no scrape-based value can know the last (T - last scrape) seconds, so

@@ -23,7 +23,9 @@ ENDPOINT_MODEL = ENDPOINT + ', model=~"$model"'
 FLEET_MODEL = NODE + ', model=~"$model"'
 RATE = "[$__rate_interval]"
 
-BOUND_STATES = ("idle", "compute", "memory", "latency", "mixed")
+# The value each state of `tpw_gpu_bound` (exporter.model.BOUND_STATES, tests/unit/test_dashboards.py checks
+# the set) has in the state timelines: stable codes, since saved panels and their colours depend on them.
+BOUND_CODES = {"idle": 1, "compute": 2, "memory": 3, "latency": 4, "mixed": 5}
 BOUND_COLORS = {
     "unknown": "#8e8e8e",
     "idle": "#c8c8c8",
@@ -150,15 +152,13 @@ def exporter_annotations() -> list[dict[str, Any]]:
 
 def bound_state_expr(selector: str) -> str:
     """One series per GPU whose value codes the active `bound` state (0 = none of them / unknown)."""
-    parts = [
-        f'tpw_gpu_bound{{{selector}, bound="{state}"}} * {code}' for code, state in enumerate(BOUND_STATES, 1)
-    ]
+    parts = [f'tpw_gpu_bound{{{selector}, bound="{state}"}} * {code}' for state, code in BOUND_CODES.items()]
     return "sum by (cluster, instance, gpu) (" + " or ".join(parts) + ")"
 
 
 BOUND_MAPPINGS = value_mappings(
     {"0": ("unknown", BOUND_COLORS["unknown"])}
-    | {str(code): (state, BOUND_COLORS[state]) for code, state in enumerate(BOUND_STATES, 1)}
+    | {str(code): (state, BOUND_COLORS[state]) for state, code in BOUND_CODES.items()}
 )
 BOUND_DESCRIPTION = (
     "What limits each GPU, as the exporter classifies it from the GPM evidence over its derive window: "

@@ -4,7 +4,8 @@
     python deploy/kubernetes/generate_prometheusrule.py --check   exit 1 if it is not what the rule files give
 
 The rule files are the one source: Prometheus in docker-compose loads them as they are, the Prometheus
-Operator gets the same groups through this PrometheusRule (tests/test_deploy.py checks they are identical).
+Operator gets the same groups through this PrometheusRule (tests/unit/test_deploy.py checks they are
+identical).
 """
 
 from __future__ import annotations

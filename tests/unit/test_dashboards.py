@@ -344,3 +344,16 @@ def test_recording_rules_the_dashboards_read_exist() -> None:
     }
     assert used, "the fleet dashboard reads the recording rules"
     assert used <= recorded, f"not recorded by deploy/prometheus/rules/*.yml: {sorted(used - recorded)}"
+
+
+def test_bound_timelines_code_every_state_the_exporter_exports_once() -> None:
+    """The state timelines' value codes cover exactly `tpw_gpu_bound`'s states, each with its own code."""
+    from dashboards.tpw import BOUND_CODES, BOUND_COLORS, bound_state_expr
+    from exporter.model import BOUND_STATES
+
+    assert set(BOUND_CODES) == set(BOUND_STATES)
+    assert sorted(BOUND_CODES.values()) == list(range(1, len(BOUND_STATES) + 1))
+    assert set(BOUND_STATES) <= set(BOUND_COLORS)
+    expr = bound_state_expr('instance="n1"')
+    for state, code in BOUND_CODES.items():
+        assert f'bound="{state}"}} * {code}' in expr
