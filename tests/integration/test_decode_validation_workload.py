@@ -1,9 +1,11 @@
-"""The H100 decode validation's workload, started for real: the whole measurement on CPU.
+"""The H100 decode validation's workload, started for real: the whole measurement without a GPU.
 
-`benchmarks/decode_validation.py` needs an NVIDIA GPU; here its `measure()` runs end to end with the CPU
-fallback of `benchmarks/decode_workload.py` (started as a process) and a simulated GPU (whose energy counter
-is the ground truth), through the same Daemon + endpoint source + Deriver path. Tests that start the workload
-need PyTorch (`make test` installs the CPU build).
+`benchmarks/decode_validation.py` needs an NVIDIA GPU (and PyTorch); here its `measure()` runs end to end
+with `benchmarks/decode_workload.py --device python` (started as a process: the same loop, counters and
+/metrics page, its products in plain Python) and a simulated GPU (whose energy counter is the ground truth),
+through the same Daemon + endpoint source + Deriver path. None of it needs PyTorch, which `make test` does
+not install: the PyTorch run is decode_validation.py on a GPU node (README, "Development"). Without PyTorch
+the workload still parses its arguments and says in one line why it cannot run.
 
 Arguments and verdicts: tests/unit/test_decode_validation.py.
 """
@@ -11,6 +13,7 @@ Arguments and verdicts: tests/unit/test_decode_validation.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 
@@ -23,21 +26,48 @@ import decode_validation as validation
 
 from exporter.sources.simulated import SimulatedSource
 
-
-def require_torch() -> None:
-    """The CPU build of PyTorch is a test dependency (`make test` installs torch==2.13.0); never skip."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        pytest.fail("PyTorch is missing: `make test` installs the CPU build (torch==2.13.0)")
+# Runs the workload as `python decode_workload.py ARGS` would, in a Python where `import torch` fails.
+WITHOUT_TORCH = (
+    "import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
-def test_workload_smoke_on_cpu() -> None:
-    require_torch()
+def run_without_torch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, str(validation.WORKLOAD), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_help_and_argument_checks_need_no_torch() -> None:
+    result = run_without_torch("--help")
+    assert result.returncode == 0, result.stderr
+    assert "--device {auto,cuda,cpu,python}" in result.stdout
+    result = run_without_torch("0", "--port", "9000")
+    assert result.returncode == 2 and "must be a positive integer, got 0" in result.stderr
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cpu"])
+def test_without_torch_it_exits_2_with_one_line_saying_why(device: str) -> None:
+    result = run_without_torch("3", "--port", str(validation.free_port()), "--device", device)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "decode_workload: PyTorch is not installed: pip install torch (the GPU run), or --device python "
+        "for a smoke test without it\n"
+    )
+    assert result.stdout == ""
+
+
+def test_workload_smoke_without_torch() -> None:
     port = validation.free_port()
     process = subprocess.Popen(
         [
             sys.executable,
+            "-c",
+            WITHOUT_TORCH,
             str(validation.WORKLOAD),
             "3",
             "--port",
@@ -45,7 +75,7 @@ def test_workload_smoke_on_cpu() -> None:
             "--seconds",
             "30",
             "--device",
-            "cpu",
+            "python",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -61,14 +91,15 @@ def test_workload_smoke_on_cpu() -> None:
         process.terminate()
         out, _ = process.communicate(timeout=20)
     assert process.returncode == 0
-    assert '"device": "cpu"' in out and '"batch": 3' in out
+    summary = json.loads(out)
+    assert (summary["device"], summary["batch"]) == ("python", 3)
+    assert summary["tokens"] == 3 * summary["steps"] >= second
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["exporter-endpoint-source", "httpx-fallback"])
-def test_measure_end_to_end_on_cpu_with_a_simulated_gpu(
+def test_measure_end_to_end_without_gpu_or_torch_on_a_simulated_gpu(
     fallback: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require_torch()
     if fallback:
         monkeypatch.setitem(
             sys.modules, "exporter.sources.endpoints", None
@@ -88,7 +119,7 @@ def test_measure_end_to_end_on_cpu_with_a_simulated_gpu(
             interval=0.5,
             warmup=0.5,
             startup_timeout=60,
-            workload_args=["--device", "cpu"],
+            workload_args=["--device", "python"],
         )
     )
     assert result.problem is None, result.problem
