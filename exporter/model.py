@@ -269,7 +269,7 @@ class EndpointSample:
     attribution: str = "all"
     attribution_note: str | None = None  # why auto attribution fell back, if it did
     errors_total: tuple[tuple[str, int], ...] = ()  # (reason, count since start), cumulative
-    counter_resets_total: int = 0  # counters seen going backwards (engine restarts) since start
+    resets_total: int = 0  # counters seen going backwards (engine restarts) since start
     process_start_time_seconds: float | None = None  # the engine's own process_start_time_seconds
 
 

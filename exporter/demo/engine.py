@@ -2,8 +2,9 @@
 
 It serves a real Prometheus page (vLLM v1 metric names, `model_name` label) over HTTP on loopback, so the
 demo exercises the same path as production: the endpoints source scrapes it, the vLLM profile normalizes
-it, attribution and derived metrics treat it like any engine. Counters are exact integrals of piecewise-
-constant rates, so tests and benchmarks know the ground truth at any moment.
+it, attribution and derived metrics treat it like any engine. `EngineState` holds exact integrals of the
+rates, so tests and benchmarks know the ground truth at any moment; the page counts whole tokens and whole
+requests, as a real engine does (`SimulatedEngine.page`).
 
 Per-GPU serving behaviour by workload (an 8B-class model on an H100, orders of magnitude only):
 compute-bound = large batches, memory-bound = small batches, launch-bound = tiny batches starved by the
@@ -14,6 +15,7 @@ whose engine is down (`endpoint-down`) the page answers 503, so the exporter rea
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,8 +133,15 @@ class SimulatedEngine:
         )
 
     def page(self) -> str:
-        """The engine's /metrics page now, in vLLM v1's names."""
+        """The engine's /metrics page now, in vLLM v1's names.
+
+        Counts are whole, as a real engine's: the tokens processed and the requests completed so far, the
+        floor of the exact integrals (OpenMetrics requires integer histogram counts; flooring keeps every
+        counter non-decreasing). The latency sums stay the exact integrals, so they never go backwards
+        either; they include the request in progress, less than one request's latency ahead of the count.
+        """
         s = self.state(self.elapsed())
+        requests = math.floor(s.requests)
         model = f'model_name="{DEMO_MODEL}"'
         lines = [
             "# HELP vllm:num_requests_running Number of requests in model execution batches.",
@@ -146,23 +155,23 @@ class SimulatedEngine:
             f'vllm:kv_cache_usage_perc{{engine="0",{model}}} {s.kv_cache_usage:.6f}',
             "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
             "# TYPE vllm:prompt_tokens_total counter",
-            f'vllm:prompt_tokens_total{{engine="0",{model}}} {s.prompt_tokens:.3f}',
+            f'vllm:prompt_tokens_total{{engine="0",{model}}} {math.floor(s.prompt_tokens)}',
             "# HELP vllm:generation_tokens_total Number of generation tokens processed.",
             "# TYPE vllm:generation_tokens_total counter",
-            f'vllm:generation_tokens_total{{engine="0",{model}}} {s.generation_tokens:.3f}',
+            f'vllm:generation_tokens_total{{engine="0",{model}}} {math.floor(s.generation_tokens)}',
             "# HELP vllm:request_success_total Count of successfully processed requests.",
             "# TYPE vllm:request_success_total counter",
-            f'vllm:request_success_total{{engine="0",finished_reason="stop",{model}}} {s.requests:.3f}',
+            f'vllm:request_success_total{{engine="0",finished_reason="stop",{model}}} {requests}',
             "# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.",
             "# TYPE vllm:time_to_first_token_seconds histogram",
-            f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="+Inf",{model}}} {s.requests:.3f}',
+            f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="+Inf",{model}}} {requests}',
             f'vllm:time_to_first_token_seconds_sum{{engine="0",{model}}} {s.ttft_sum:.4f}',
-            f'vllm:time_to_first_token_seconds_count{{engine="0",{model}}} {s.requests:.3f}',
+            f'vllm:time_to_first_token_seconds_count{{engine="0",{model}}} {requests}',
             "# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.",
             "# TYPE vllm:e2e_request_latency_seconds histogram",
-            f'vllm:e2e_request_latency_seconds_bucket{{engine="0",le="+Inf",{model}}} {s.requests:.3f}',
+            f'vllm:e2e_request_latency_seconds_bucket{{engine="0",le="+Inf",{model}}} {requests}',
             f'vllm:e2e_request_latency_seconds_sum{{engine="0",{model}}} {s.e2e_sum:.4f}',
-            f'vllm:e2e_request_latency_seconds_count{{engine="0",{model}}} {s.requests:.3f}',
+            f'vllm:e2e_request_latency_seconds_count{{engine="0",{model}}} {requests}',
             "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.",
             "# TYPE process_start_time_seconds gauge",
             f"process_start_time_seconds {self.start_time:.2f}",

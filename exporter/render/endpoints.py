@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
-from exporter.model import ATTRIBUTION_PENDING, ENDPOINT_FIELDS, EndpointField, EndpointSample, Snapshot
+from exporter.model import (
+    ATTRIBUTION_PENDING,
+    ENDPOINT_COUNTER_FIELDS,
+    ENDPOINT_FIELDS,
+    EndpointField,
+    EndpointSample,
+    Snapshot,
+)
 from exporter.render.families import gauge
 
 # summary name → (help, sum field, count field)
@@ -33,6 +41,15 @@ SIMPLE_FIELDS: tuple[EndpointField, ...] = tuple(
     f for f in ENDPOINT_FIELDS if f.name not in _OWN_FAMILY_FIELDS
 )
 _FIELD_HELP: dict[str, str] = {f.name: f.help for f in ENDPOINT_FIELDS}
+
+
+def counter_value(value: float) -> float | None:
+    """An engine's counter-like value as rendered: None (no sample) unless finite and ≥ 0.
+
+    OpenMetrics forbids NaN and negative `_total`, `_sum` and `_count` samples (a strict parser rejects the
+    whole page); such a value is a broken engine page, not a measurement.
+    """
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def simple_metric_name(field: EndpointField) -> str:
@@ -63,8 +80,8 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
         labels=["endpoint", "reason"],
     )
     resets = CounterMetricFamily(
-        "tpw_endpoint_counter_resets",
-        "Engine counters seen going backwards (restarts) since start.",
+        "tpw_endpoint_resets",
+        "Scrapes since start in which the engine's counters went backwards (an engine restart or reset).",
         labels=["endpoint"],
     )
     attribution = gauge(
@@ -96,7 +113,7 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
         info.add_metric([endpoint.name, endpoint.engine, endpoint.url, endpoint.unit], 1.0)
         for reason, count in endpoint.errors_total:
             errors.add_metric([endpoint.name, reason], float(count))
-        resets.add_metric([endpoint.name], float(endpoint.counter_resets_total))
+        resets.add_metric([endpoint.name], float(endpoint.resets_total))
         for gpu in endpoint.gpus:
             attribution.add_metric([endpoint.name, str(gpu), endpoint.attribution], 1.0)
         for gpu, part in zip(endpoint.gpus, endpoint.gpu_shares, strict=False):
@@ -126,27 +143,31 @@ def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
     for endpoint in live:
         for value in endpoint.values:
             labels = [endpoint.name, endpoint.engine, value.model]
-            if value.field == "requests_total":
-                requests.add_metric([*labels, value.outcome or "unknown"], value.value)
-            elif value.field == "work_units_total":
-                work.add_metric([*labels, endpoint.unit], value.value)
-            elif value.field in simple:
+            if value.field not in ENDPOINT_COUNTER_FIELDS:  # a gauge: any float, NaN included
                 simple[value.field].add_metric(labels, value.value)
+                continue
+            # A counter-like value that is NaN, infinite or negative is left out (see counter_value).
+            checked = counter_value(value.value)
+            if checked is None:
+                continue
+            if value.field == "requests_total":
+                requests.add_metric([*labels, value.outcome or "unknown"], checked)
+            elif value.field == "work_units_total":
+                work.add_metric([*labels, endpoint.unit], checked)
+            elif value.field in simple:
+                simple[value.field].add_metric(labels, checked)
             else:
-                latency.setdefault((endpoint.name, endpoint.engine, value.model), {})[value.field] = (
-                    value.value
-                )
+                latency.setdefault((endpoint.name, endpoint.engine, value.model), {})[value.field] = checked
     yield from (requests, work, *simple.values())
     for name, (help_text, sum_field, count_field) in SUMMARIES.items():
         family = SummaryMetricFamily(name, help_text, labels=LABELS)
         for series, fields in sorted(latency.items()):
             if sum_field in fields and count_field in fields:
-                # prometheus_client annotates count_value as int; a scraped _count is a float, rendered as is
-                family.add_metric(
-                    list(series),
-                    count_value=fields[count_field],  # type: ignore[arg-type]
-                    sum_value=fields[sum_field],
-                )
+                # OpenMetrics requires an integer count. Engines count whole observations, so rounding
+                # only changes a float artefact (453.9999999) or a malformed page's fraction, by less than
+                # one observation, and a non-decreasing count stays non-decreasing.
+                count = round(fields[count_field])
+                family.add_metric(list(series), count_value=count, sum_value=fields[sum_field])
         yield family
 
 

@@ -5,7 +5,8 @@ delays the others or the GPU metrics. Every failure is data, not a crash: connec
 an HTTP error, a redirect to another host (never followed), a page over the size cap (read as a stream and
 cut off, never buffered whole), a body that is not UTF-8 — each marks that endpoint `up 0` for the tick,
 counts `tpw_endpoint_scrape_errors_total{reason}` and is logged once per state change. Malformed lines are
-skipped and counted; counters that go backwards (an engine restart) are counted as resets.
+skipped and counted; counters that go backwards (an engine restart) are counted as resets
+(`tpw_endpoint_resets_total`).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class EndpointScraper:
             timestamp=started,
             duration_seconds=self._clock() - started,
             errors_total=tuple(sorted(self._errors.items())),
-            counter_resets_total=self._resets,
+            resets_total=self._resets,
         )
 
     def _engine_name(self) -> str:
@@ -233,7 +234,7 @@ class EndpointScraper:
             duration_seconds=self._clock() - started,
             values=values,
             errors_total=tuple(sorted(self._errors.items())),
-            counter_resets_total=self._resets,
+            resets_total=self._resets,
             process_start_time_seconds=max(start_times) if start_times else None,
         )
 

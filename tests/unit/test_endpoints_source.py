@@ -245,7 +245,7 @@ def test_counter_going_backwards_counts_a_reset_and_logs(caplog: pytest.LogCaptu
 
         with caplog.at_level(logging.INFO):
             first, second, third = asyncio.run(run())
-    assert [s.counter_resets_total for s in (first, second, third)] == [0, 1, 1]
+    assert [s.resets_total for s in (first, second, third)] == [0, 1, 1]
     assert any("went backwards" in r.message for r in caplog.records)
 
 

@@ -3,12 +3,15 @@ tests/integration/test_render_promtool.py)."""
 
 from __future__ import annotations
 
+import math
 import re
 
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from render_common import simulated_snapshot
 
-from exporter.model import GpuInfo, GpuSample, Profiling, Snapshot
+from exporter.model import EndpointSample, EndpointValue, GpuInfo, GpuSample, Profiling, Snapshot
+from exporter.render.endpoints import endpoint_families
 from exporter.render.exposition import Renderer
 
 
@@ -82,3 +85,42 @@ def test_openmetrics_output_is_valid_and_terminated() -> None:
     assert om.endswith("# EOF\n")
     assert "# TYPE tpw_gpu_energy_joules counter" in om
     assert "# TYPE tpw_gpu info" in om
+
+
+def test_engine_counts_render_as_integers_and_broken_counter_values_are_left_out() -> None:
+    """OpenMetrics wants integer histogram counts and no NaN or negative counter-like sample, whatever the
+    engine sent: a fractional count is rounded, a broken counter value leaves its series out."""
+    values = (
+        EndpointValue("ttft_seconds_sum", "m", 61.84),
+        EndpointValue("ttft_seconds_count", "m", 192.69),  # a fraction from a malformed page: 193
+        EndpointValue("e2e_latency_seconds_sum", "m", math.nan),  # this summary goes, both halves
+        EndpointValue("e2e_latency_seconds_count", "m", 454.0),
+        EndpointValue("generation_tokens_total", "m", -3.0),
+        EndpointValue("prompt_tokens_total", "m", math.inf),
+        EndpointValue("requests_total", "m", 10.5, "success"),  # a counter may be fractional
+        EndpointValue("requests_total", "m", math.nan, "failure"),
+        EndpointValue("requests_running", "m", math.nan),  # a gauge may be NaN
+    )
+    endpoint = EndpointSample(name="e", engine="vllm", url="http://x/metrics", values=values)
+    snapshot = Snapshot(tick=1, wall_time=0, monotonic_time=0, duration_seconds=0, endpoints=(endpoint,))
+    exposition = Renderer(extra=[endpoint_families]).render(snapshot)
+    om = {  # the strict parser raises on any of the values above rendered as given
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parse_openmetrics(exposition.openmetrics.decode())
+        for s in family.samples
+    }
+    assert om.keys() == samples(exposition.text.decode()).keys()  # the same series in both formats
+    labels = (("endpoint", "e"), ("engine", "vllm"), ("model", "m"))
+    assert om[("tpw_endpoint_time_to_first_token_seconds_count", labels)] == 193
+    assert om[("tpw_endpoint_time_to_first_token_seconds_sum", labels)] == 61.84
+    assert om[("tpw_endpoint_requests_total", (*labels, ("outcome", "success")))] == 10.5
+    assert math.isnan(om[("tpw_endpoint_requests_running", labels)])
+    rendered = {name for name, _ in om}
+    assert not rendered & {
+        "tpw_endpoint_request_latency_seconds_sum",
+        "tpw_endpoint_request_latency_seconds_count",
+        "tpw_endpoint_generation_tokens_total",
+        "tpw_endpoint_prompt_tokens_total",
+    }
+    assert ("tpw_endpoint_requests_total", (*labels, ("outcome", "failure"))) not in om
+    assert om[("tpw_endpoint_resets_total", (("endpoint", "e"),))] == 0

@@ -15,6 +15,7 @@ from typing import get_args
 
 import pytest
 from fake_nvml import Clock
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import build_parser, flag_overrides, main
 from exporter.config import Scenario as ScenarioLiteral
@@ -128,6 +129,37 @@ def test_energy_and_engine_counters_are_exact_integrals(name: str, plan: Plan) -
         lambda t: engine._now(t, lambda s: s.ttft_seconds * s.generation_tokens_per_second), t_end
     )
     assert state.ttft_sum == pytest.approx(ttft / GENERATED_TOKENS_PER_REQUEST, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize(("name", "plan"), plans(), ids=[name for name, _ in plans()])
+def test_engine_page_counts_whole_tokens_and_requests(name: str, plan: Plan) -> None:
+    """Like a real engine's: integer counters and histogram counts (OpenMetrics requires integer counts),
+    the completed requests; every counter and sum non-decreasing, so the exporter sees no false reset."""
+    now = [0.0]
+    engine = SimulatedEngine(plan, gpus=3, elapsed=lambda: now[0], start_time=0.0)
+    previous: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for t in [k * 0.37 for k in range(1, 60)]:  # through every keyframe, between whole requests
+        now[0] = t
+        state = engine.state(t)
+        page: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for family in text_string_to_metric_families(engine.page()):
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                page[key] = sample.value
+                if family.type in ("counter", "histogram") and not sample.name.endswith("_sum"):
+                    assert sample.value == int(sample.value), (t, sample)
+                if family.type in ("counter", "histogram"):
+                    assert sample.value >= previous.get(key, 0.0), (t, sample)
+        previous = page
+        values = {sample_name: value for (sample_name, _), value in page.items()}
+        completed = math.floor(state.requests)
+        assert values["vllm:request_success_total"] == completed
+        assert values["vllm:time_to_first_token_seconds_count"] == completed
+        assert values["vllm:e2e_request_latency_seconds_bucket"] == completed
+        assert values["vllm:generation_tokens_total"] == math.floor(state.generation_tokens)
+        assert values["vllm:time_to_first_token_seconds_sum"] == pytest.approx(state.ttft_sum, abs=1e-4)
+    if name not in ("idle", "endpoint-down"):  # the checks above saw requests complete
+        assert values["vllm:request_success_total"] > 0
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
