@@ -10,6 +10,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# Where `make demo` serves: loopback only, as the README says (DEMO_ADDRESS=0.0.0.0:9835 for every
+# interface; a --listen-address in ARGS wins too).
+DEMO_ADDRESS ?= 127.0.0.1:9835
 
 .PHONY: demo serve test test-unit test-integration lint tools benchmarks dashboards prometheusrule clean
 
@@ -19,14 +22,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+# No PyTorch here: the tests run benchmarks/decode_workload.py with --device python; its PyTorch run is
+# benchmarks/decode_validation.py on a GPU node.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
-	# The CPU build of PyTorch, only to smoke-test benchmarks/decode_workload.py (the H100 validation's load).
-	$(PY) -m pip install --quiet 'torch==2.13.0'
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m exporter demo $(ARGS)
+	$(PY) -m exporter demo --listen-address $(DEMO_ADDRESS) $(ARGS)
 
 serve: $(VENV)/.installed
 	$(PY) -m exporter serve $(ARGS)
