@@ -55,9 +55,11 @@ lint: $(VENV)/.installed-test
 dashboards: $(VENV)/.installed
 	$(PY) dashboards/build.py
 
-# Regenerate deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/rules/*.yml.
+# Regenerate deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/rules/*.yml. RUNBOOK_BASE_URL=URL
+# links the alerts to your copy of docs/runbooks/ (default: the project's, on GitHub).
+RUNBOOK_BASE_URL ?=
 prometheusrule: $(VENV)/.installed
-	$(PY) deploy/kubernetes/generate_prometheusrule.py
+	$(PY) deploy/kubernetes/generate_prometheusrule.py $(if $(RUNBOOK_BASE_URL),--runbook-base-url $(RUNBOOK_BASE_URL))
 
 test: $(VENV)/.installed-test tools lint
 	$(PY) -m pytest -q

@@ -215,6 +215,29 @@ def test_systemd_unit_is_hardened_but_keeps_the_gpus_visible() -> None:
     )
 
 
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_systemd_unit_documentation_is_a_url_that_exists_without_the_checkout() -> None:
+    """`pip install` copies no README onto the node: Documentation= links the project's README section."""
+    links = [value for key, value in unit()["Unit"] if key == "Documentation"]
+    assert links, "the unit names its documentation"
+    repository = generator().DEFAULT_RUNBOOK_BASE_URL.removesuffix("docs/runbooks/")
+    for link in links:
+        assert link.startswith(("https://", "http://", "man:", "info:")), f"{link}: systemd wants a URL"
+    (readme_link,) = [link for link in links if link.startswith(repository)]
+    page, _, anchor = readme_link.removeprefix(repository).partition("#")
+    assert (REPO / page).is_file(), page
+    slugs = {
+        github_slug(line.lstrip("#"))
+        for line in (REPO / page).read_text().splitlines()
+        if line.startswith("#")
+    }
+    assert anchor in slugs, f"#{anchor} is no heading of {page}"
+
+
 # -------------------------------------------------------------------------------------- Kubernetes
 
 
@@ -294,6 +317,75 @@ def test_prometheusrule_is_generated_from_the_current_rule_files() -> None:
     groups = [group for path in RULES for group in (yaml.safe_load(path.read_text()) or {}).get("groups", [])]
     assert rule["spec"]["groups"] == groups, "the PrometheusRule carries exactly the rule files' groups"
     assert RULES, "deploy/prometheus/rules has rule files"
+
+
+def test_rule_files_link_the_default_runbook_base() -> None:
+    base = generator().DEFAULT_RUNBOOK_BASE_URL
+    urls = [
+        rule["annotations"]["runbook_url"]
+        for path in RULES
+        for group in (yaml.safe_load(path.read_text()) or {}).get("groups", [])
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+    assert urls and all(url.startswith(base) and url.endswith(".md") for url in urls)
+    assert all((REPO / "docs" / "runbooks" / url.removeprefix(base)).is_file() for url in urls)
+
+
+MIRROR = "https://git.example.com/ops/tpw-exporter/-/blob/v1/docs/runbooks"
+
+
+def test_prometheusrule_with_another_runbook_base_moves_only_the_runbook_urls() -> None:
+    module = generator()
+    default = yaml.safe_load(module.render())
+    moved = yaml.safe_load(module.render(runbook_base_url=MIRROR))
+    changed = 0
+    for group, moved_group in zip(default["spec"]["groups"], moved["spec"]["groups"], strict=True):
+        for rule, moved_rule in zip(group["rules"], moved_group["rules"], strict=True):
+            if "alert" in rule:
+                name = rule["alert"]
+                assert moved_rule["annotations"]["runbook_url"] == f"{MIRROR}/{name}.md"
+                moved_rule["annotations"]["runbook_url"] = rule["annotations"]["runbook_url"]
+                changed += 1
+            assert moved_rule == rule, "nothing else changes"
+    assert changed >= 10
+
+
+def test_generator_command_line_takes_the_runbook_base(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = generator()
+    output, rules_output = tmp_path / "prometheusrule.yaml", tmp_path / "rules"
+    flags = ["--output", str(output), "--runbook-base-url", MIRROR + "/", "--rules-output", str(rules_output)]
+    assert module.main(flags) == 0
+    assert module.main([*flags, "--check"]) == 0
+    assert f"runbook_url: {MIRROR}/TPWBusyButFlat.md" in output.read_text()
+    for path in RULES:  # the rule files, comments and all, with only the runbook URLs moved
+        original, written = path.read_text(), (rules_output / path.name).read_text()
+        assert written == original.replace(module.DEFAULT_RUNBOOK_BASE_URL, MIRROR + "/")
+        assert yaml.safe_load(written) is not None
+    assert module.main(["--output", str(output), "--check"]) == 1, "the default base is another file"
+    assert "is stale" in capsys.readouterr().err
+    assert module.main(["--output", str(output), "--runbook-base-url", "docs/runbooks"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "generate_prometheusrule: --runbook-base-url must be an http(s) URL, got 'docs/runbooks'"
+    )
+
+
+def test_an_alert_linking_elsewhere_is_refused(tmp_path: Path) -> None:
+    module = generator()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    alert = {
+        "alert": "X",
+        "expr": "up == 0",
+        "annotations": {"runbook_url": "https://elsewhere.example/X.md"},
+    }
+    (rules / "alerts.yml").write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [alert]}]}))
+    with pytest.raises(
+        module.GeneratorError, match=re.escape("alert X: runbook_url https://elsewhere.example/X")
+    ):
+        module.render(rules)
 
 
 def test_kustomization_lists_every_manifest_and_pins_the_image() -> None:
