@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter import __version__
 from exporter.model import CLOCK_EVENT_REASONS, PROFILING_RATES, GpuSample, Profiling, Snapshot
 from exporter.render.families import GaugeTable, gauge, table_families
+from exporter.render.writer import expositions
 
 # (metric name, help, value getter) for the per-GPU gauges that come straight from one sample field.
 GPU_GAUGES: GaugeTable[GpuSample] = (
@@ -208,16 +207,6 @@ def _exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
         yield from (tick_time, tick_duration, ticks)
 
 
-class _Families:
-    """A prometheus_client custom collector over families built once, so both formats share the work."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> list[Metric]:
-        return self._families
-
-
 MetricSource = Callable[[Snapshot], Iterable[Metric]]
 
 
@@ -239,10 +228,5 @@ class Renderer:
         return families
 
     def render(self, snapshot: Snapshot) -> Exposition:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families(self.families(snapshot)))
-        return Exposition(
-            snapshot=snapshot,
-            text=generate_latest(registry),
-            openmetrics=generate_openmetrics(registry),
-        )
+        text, openmetrics = expositions(self.families(snapshot))
+        return Exposition(snapshot=snapshot, text=text, openmetrics=openmetrics)
