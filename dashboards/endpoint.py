@@ -38,6 +38,11 @@ def dashboard() -> Board:
     )
     e, em = ENDPOINT, ENDPOINT_MODEL
     by = "sum by (endpoint, model)"
+    # The aligned counters, per endpoint (the energy counter's `model` is "multiple" for a multi-model
+    # endpoint, so they are summed over models, never matched by model).
+    per_endpoint_tokens = f"sum by (endpoint) (rate(tpw_endpoint_generation_tokens_total{{{em}}}{RATE}))"
+    per_endpoint_requests = f"sum by (endpoint) (rate(tpw_endpoint_requests_total{{{em}}}{RATE}))"
+    per_endpoint_energy = f"sum by (endpoint) (rate(tpw_endpoint_energy_joules_total{{{em}}}{RATE}))"
 
     board.row("Now")
     board.add(
@@ -75,8 +80,11 @@ def dashboard() -> Board:
     board.add(
         stat(
             "Tokens per joule",
-            "Generated tokens per joule of the energy of the GPUs serving the endpoint (exporter-derived "
-            "over its derive window). Higher is better.",
+            "Generated tokens per joule of the energy of the GPUs serving the endpoint, derived by the "
+            "exporter over its own window (derive.window, default 30 s: tokens and joules of the same "
+            "ticks). Kept on the exporter's gauge because it is the freshest aligned figure; a rate over "
+            "the dashboard's interval lags it (the Tokens per joule chart below uses the aligned counters). "
+            "Higher is better.",
             [Q(f"tpw_endpoint_tokens_per_joule{{{em}}}", "{{endpoint}} {{model}}")],
             TOKENS_PER_JOULE,
             decimals=1,
@@ -87,8 +95,9 @@ def dashboard() -> Board:
     board.add(
         stat(
             "Joules per request",
-            "GPU energy per finished request over the exporter's derive window. Lower is better; it falls "
-            "as batches grow.",
+            "GPU energy per finished request over the exporter's own window (derive.window, default 30 s), "
+            "its freshest figure, like Tokens per joule beside it. Lower is better; it falls as batches "
+            "grow.",
             [Q(f"tpw_endpoint_joules_per_request{{{em}}}", "{{endpoint}} {{model}}")],
             "joule",
         ),
@@ -214,9 +223,18 @@ def dashboard() -> Board:
     board.add(
         timeseries(
             "Tokens per joule",
-            "Generated tokens per joule of the GPUs serving the endpoint. It rises with batch size until "
-            "the GPUs are compute-bound; a drop at constant load is the signal to investigate.",
-            [Q(f"tpw_endpoint_tokens_per_joule{{{em}}}", "{{endpoint}} {{model}}")],
+            "Generated tokens per joule of the GPUs serving the endpoint: rate of the engine's token counter "
+            "÷ rate of the endpoint's energy counter (tpw_endpoint_energy_joules_total), both read by the "
+            "exporter in the same tick, so the ratio is aligned over any zoom. It rises with batch size "
+            "until the GPUs are compute-bound; a drop at constant load is the signal to investigate. A "
+            "multi-model endpoint's energy is not split by model (its energy counter says model "
+            '"multiple"): it shows with Model = All.',
+            [
+                Q(
+                    f"{per_endpoint_tokens} / ({per_endpoint_energy} > 0)",
+                    "{{endpoint}}",
+                )
+            ],
             TOKENS_PER_JOULE,
         ),
         width=8,
@@ -225,10 +243,12 @@ def dashboard() -> Board:
     board.add(
         timeseries(
             "Joules per request and per token",
-            "GPU energy per finished request (left axis) and per generated token (right axis).",
+            "GPU energy per finished request (left axis) and per generated token (right axis): rate of the "
+            "endpoint's energy counter ÷ rate of the engine's request (every outcome) or token counter, "
+            "read in the same tick, so aligned over any zoom.",
             [
-                Q(f"tpw_endpoint_joules_per_request{{{em}}}", "{{endpoint}} per request"),
-                Q(f"tpw_endpoint_joules_per_token{{{em}}}", "{{endpoint}} per token"),
+                Q(f"{per_endpoint_energy} / ({per_endpoint_requests} > 0)", "{{endpoint}} per request"),
+                Q(f"{per_endpoint_energy} / ({per_endpoint_tokens} > 0)", "{{endpoint}} per token"),
             ],
             "joule",
             overrides=[right_axis(".* per token", "joule")],

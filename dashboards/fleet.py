@@ -61,9 +61,10 @@ def dashboard() -> Board:
         stat(
             "Tokens per joule, all GPU energy",
             "Generated tokens per joule of *all* GPU energy of the selected nodes, idle GPUs included "
-            "(instance recording rules: Σ tokens/s ÷ Σ energy-counter watts over the derive window). This is "
-            "what the fleet really gets per joule; the per-model numbers below count only the GPUs serving "
-            "each model. Not filtered by model. Higher is better.",
+            "(instance recording rules: Σ rate of the engines' token counters ÷ Σ rate of the GPUs' energy "
+            "counters over the last minute; the exporter reads both in the same tick, so they are aligned). "
+            "This is what the fleet really gets per joule; the per-model numbers below count only the GPUs "
+            "serving each model. Not filtered by model. Higher is better.",
             [Q(f"{node_tokens} / ({node_power} > 0)")],
             TOKENS_PER_JOULE,
             decimals=1,
@@ -74,7 +75,8 @@ def dashboard() -> Board:
     board.add(
         stat(
             "Generation throughput",
-            "Tokens generated per second by every endpoint of the selected nodes, over the derive window.",
+            "Tokens generated per second by every endpoint of the selected nodes, over the last minute "
+            "(recording rule instance:tpw_generation_tokens_per_second:sum, rate of the engines' counters).",
             [Q(node_tokens)],
             TOKENS_PER_SECOND,
         ),
@@ -84,8 +86,9 @@ def dashboard() -> Board:
     board.add(
         stat(
             "GPU power",
-            "Mean power of every GPU of the selected nodes over the derive window, from the energy "
-            "counters: what the fleet draws, and the denominator of the tokens per joule beside it.",
+            "Mean power of every GPU of the selected nodes over the last minute, from the energy counters "
+            "(recording rule instance:tpw_gpu_power_watts:sum): what the fleet draws, and the denominator "
+            "of the tokens per joule beside it.",
             [Q(node_power)],
             "watt",
         ),
@@ -134,8 +137,9 @@ def dashboard() -> Board:
         timeseries(
             "Tokens per joule by model",
             "Generated tokens per joule of the GPU energy attributed to each model's endpoints, across all "
-            "nodes (recording rule model:tpw_tokens_per_joule:ratio: a ratio of sums, so a busy 8-GPU "
-            "replica weighs eight times a 1-GPU one; the node filter does not apply). A model whose line "
+            "nodes (recording rule model:tpw_tokens_per_joule:ratio: Σ tokens/s ÷ Σ watts of the endpoints' "
+            "aligned token and energy counters over 1 minute, a ratio of sums, so a busy 8-GPU replica "
+            "weighs eight times a 1-GPU one; the node filter does not apply). A model whose line "
             "drops while its throughput holds burns more energy per token: look at its batch size "
             "(Endpoint dashboard) and at what its GPUs are bound by.",
             [Q(f"model:tpw_tokens_per_joule:ratio{{{by_model}}}", "{{model}}")],
@@ -148,7 +152,8 @@ def dashboard() -> Board:
         timeseries(
             "Tokens per joule by node",
             "Generated tokens per joule of all GPU energy of each node, idle GPUs included (recording rule "
-            "instance:tpw_tokens_per_joule:ratio). A node below its peers serves the same models with more "
+            "instance:tpw_tokens_per_joule:ratio: the engines' token counters ÷ the GPUs' energy counters, "
+            "read in the same tick, over 1 minute). A node below its peers serves the same models with more "
             "energy per token, or carries idle GPUs.",
             [Q(f"instance:tpw_tokens_per_joule:ratio{{{n}}}", "{{instance}}")],
             TOKENS_PER_JOULE,
@@ -157,21 +162,23 @@ def dashboard() -> Board:
         height=8,
     )
     efficiency_by = "sum by (cluster, instance, model)"
+    defined = f"endpoint:tpw_tokens_per_joule:ratio_rate1m{{{m}}}"  # endpoints whose ratio is defined
     board.add(
         table(
             "Efficiency by node and model (now)",
-            "One row per node and model: tokens per joule of the attributed GPU energy (power-weighted over "
-            "the model's endpoints on the node), generation throughput, attributed power, joules per "
-            "request and the mean NVML utilization of the GPUs serving it. Click a node to open its GPU "
-            "detail.",
+            "One row per node and model: tokens per joule of the attributed GPU energy (Σ tokens/s ÷ Σ "
+            "watts of the model's endpoints on the node that have a ratio), generation throughput and "
+            "attributed power, all three from the endpoint recording rules on the aligned counters over the "
+            "last minute; joules per request and the mean NVML utilization of the GPUs serving it, over the "
+            "exporter's derive window. A multi-model endpoint's row says model \"multiple\". Click a node "
+            "to open its GPU detail.",
             [
                 Q(
-                    f"{efficiency_by} (tpw_endpoint_tokens_per_joule{{{m}}}"
-                    f" * tpw_endpoint_power_watts{{{m}}}) / {efficiency_by}"
-                    f" (tpw_endpoint_power_watts{{{m}}} and tpw_endpoint_tokens_per_joule{{{m}}})"
+                    f"{efficiency_by} (endpoint:tpw_generation_tokens:rate1m{{{m}}} and {defined})"
+                    f" / {efficiency_by} (endpoint:tpw_energy_joules:rate1m{{{m}}} and {defined})"
                 ),
-                Q(f"{efficiency_by} (tpw_endpoint_generation_tokens_per_second{{{m}}})"),
-                Q(f"{efficiency_by} (tpw_endpoint_power_watts{{{m}}})"),
+                Q(f"{efficiency_by} (endpoint:tpw_generation_tokens:rate1m{{{m}}})"),
+                Q(f"{efficiency_by} (endpoint:tpw_energy_joules:rate1m{{{m}}})"),
                 Q(
                     f"{efficiency_by} (tpw_endpoint_joules_per_request{{{m}}} * "
                     f"tpw_endpoint_requests_per_second{{{m}}}) / {efficiency_by} "

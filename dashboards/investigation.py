@@ -56,10 +56,14 @@ def dashboard() -> Board:
     e, em, n = ENDPOINT, ENDPOINT_MODEL, NODE
     load = f"sum(tpw_endpoint_requests_running{{{em}}}) + sum(tpw_endpoint_requests_waiting{{{em}}})"
     throughput = f"sum(rate(tpw_endpoint_generation_tokens_total{{{em}}}{RATE}))"
-    efficiency = (
-        f"sum(tpw_endpoint_generation_tokens_per_second{{{em}}}) / sum(tpw_endpoint_power_watts{{{em}}})"
-    )
+    # Tokens per joule from the aligned counters (token and energy counters read in the same tick).
+    energy = f"sum(rate(tpw_endpoint_energy_joules_total{{{em}}}{RATE}))"
+    efficiency = f"{throughput} / ({energy} > 0)"
     endpoint_gpus = f"on (cluster, instance, gpu) tpw_endpoint_gpu_info{{{e}}}"
+
+    def by_endpoint(counter: str) -> str:
+        """The rate of an endpoint counter, summed per endpoint (over models, engines, outcomes)."""
+        return f"sum by (endpoint) (rate({counter}{{{em}}}{RATE}))"
 
     def endpoint_gpus_mean(metric: str) -> str:
         """The mean of a per-GPU metric over the GPUs attributed to the selected endpoints."""
@@ -80,9 +84,10 @@ def dashboard() -> Board:
     board.add(
         timeseries(
             "Divergence: load, throughput, utilization and efficiency on one time axis",
-            "Load (requests running + waiting), throughput (tokens/s) and tokens per joule are each drawn on "
-            "their own hidden scale from 0 to their maximum in the time range, so their shapes compare "
-            "directly; the utilization ratios (NVML dashed, SM activity) use the 0-100 % axis. Hover for "
+            "Load (requests running + waiting), throughput (tokens/s) and tokens per joule (token counter ÷ "
+            "the endpoints' energy counter, read in the same tick) are each drawn on their own hidden "
+            "scale from 0 to their maximum in the time range, so their shapes compare directly; the "
+            "utilization ratios (NVML dashed, SM activity) use the 0-100 % axis. Hover for "
             "the real values. Healthy: the lines move together. Investigate where they diverge: utilization "
             "holds or rises while throughput or tokens per joule fall (the GPUs look busy and do less: see "
             "the bound state below), or load rises while throughput stays flat (saturation: queue vs "
@@ -177,10 +182,21 @@ def dashboard() -> Board:
     board.add(
         timeseries(
             "Efficiency: tokens per joule and joules per request",
-            "Tokens per joule (left) and joules per request (right) of each endpoint.",
+            "Tokens per joule (left) and joules per request (right) of each endpoint, from the aligned "
+            "counters: rates of the engine's token and request counters and of the endpoint's energy "
+            "counter, all read by the exporter in the same tick. A multi-model endpoint shows with Model = "
+            "All (its energy is not split by model).",
             [
-                Q(f"tpw_endpoint_tokens_per_joule{{{em}}}", "{{endpoint}} tokens per joule"),
-                Q(f"tpw_endpoint_joules_per_request{{{em}}}", "{{endpoint}} joules per request"),
+                Q(
+                    f"{by_endpoint('tpw_endpoint_generation_tokens_total')}"
+                    f" / ({by_endpoint('tpw_endpoint_energy_joules_total')} > 0)",
+                    "{{endpoint}} tokens per joule",
+                ),
+                Q(
+                    f"{by_endpoint('tpw_endpoint_energy_joules_total')}"
+                    f" / ({by_endpoint('tpw_endpoint_requests_total')} > 0)",
+                    "{{endpoint}} joules per request",
+                ),
             ],
             TOKENS_PER_JOULE,
             overrides=[right_axis(".* joules per request", "joule")],

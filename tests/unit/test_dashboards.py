@@ -192,6 +192,7 @@ FILTERS = {
     "tpw_endpoint_": ['cluster=~"$cluster"', 'instance=~"$node"'],
     "tpw_": ['cluster=~"$cluster"'],
     "instance:tpw_": ['cluster=~"$cluster"', 'instance=~"$node"'],
+    "endpoint:tpw_": ['cluster=~"$cluster"', 'instance=~"$node"'],
     "model:tpw_": ['cluster=~"$cluster"', 'model=~"$model"'],
     "up": ['job=~"$job"', 'instance=~"$node"'],
     "ALERTS": ['alertname=~"TPW.*"'],
@@ -291,6 +292,18 @@ def test_the_issue_asks_for_these_panels() -> None:
     assert "tpw_gpu_bound" in _exprs(fleet) and "ALERTS{" in _exprs(fleet)
     assert "model:tpw_tokens_per_joule:ratio{" in _exprs(fleet), "tokens per joule per model"
     assert "instance:tpw_tokens_per_joule:ratio{" in _exprs(fleet), "tokens per joule per node"
+    # Tokens per joule over time comes from the aligned counters (issue 12): token and energy counters
+    # read in the same tick, never the derive-window gauge resampled by Prometheus.
+    for model in (endpoint, investigation):
+        over_time = [
+            target["expr"]
+            for panel in panels(model)
+            if panel["type"] == "timeseries" and "per joule" in panel["title"].lower()
+            for target in panel["targets"]
+        ]
+        assert over_time and all("tpw_endpoint_tokens_per_joule" not in expr for expr in over_time)
+        assert any("rate(tpw_endpoint_energy_joules_total{" in expr for expr in over_time), model["uid"]
+    assert "endpoint:tpw_tokens_per_joule:ratio_rate1m{" in _exprs(fleet), "table on the recording rules"
     for metric in (
         "tpw_gpu_power_limit_watts",
         "tpw_gpu_sm_clock_hertz",
@@ -321,7 +334,7 @@ def test_the_issue_asks_for_these_panels() -> None:
         "tpw_endpoint_requests_running",
         "tpw_endpoint_generation_tokens_total",
         "tpw_gpu_utilization_ratio",
-        "tpw_endpoint_power_watts",
+        "tpw_endpoint_energy_joules_total",  # tokens per joule, from the aligned counters
     ):
         assert metric in "\n".join(t["expr"] for t in first["targets"]), metric
 
