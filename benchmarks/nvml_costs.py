@@ -56,6 +56,16 @@ def per_tick_calls() -> dict[str, Call]:
     }
 
 
+def alternatives() -> dict[str, Call]:
+    """Other ways to read power and energy, to tell which part of the field-values call costs what."""
+    return {
+        "field value: power only": lambda h: pynvml.nvmlDeviceGetFieldValues(h, [FIELD_POWER_INSTANT]),
+        "field value: energy only": lambda h: pynvml.nvmlDeviceGetFieldValues(h, [FIELD_TOTAL_ENERGY]),
+        "nvmlDeviceGetPowerUsage": pynvml.nvmlDeviceGetPowerUsage,
+        "nvmlDeviceGetTotalEnergyConsumption": pynvml.nvmlDeviceGetTotalEnergyConsumption,
+    }
+
+
 def gpm_pair(handle: Any) -> Call | None:
     """One GPM step as the source takes it (a sample, then the metrics between it and the previous one)."""
     try:
@@ -135,19 +145,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     count = pynvml.nvmlDeviceGetCount()
     driver = pynvml.nvmlSystemGetDriverVersion()
-    print(f"{count} GPU(s), driver {driver}; {args.repeat} calls of each per GPU")
+    print(
+        f"{count} GPU(s), driver {driver}; {args.repeat} calls of each per GPU (the last four are "
+        "alternatives, not part of a tick)"
+    )
     print(f"{'call':<32} {'gpu':>3} {'wall p50 µs':>12} {'wall p99 µs':>12} {'CPU µs':>8}")
     per_gpu_cpu = [0.0] * count
     for index in range(count):
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         calls: dict[str, Call | None] = {**per_tick_calls(), "GPM sample + metrics": gpm_pair(handle)}
-        for name, call in calls.items():
+        for name, call in [*calls.items(), *alternatives().items()]:
             result = measure(call, handle, args.repeat) if call is not None else None
             if result is None:
                 print(f"{name:<32} {index:>3} {'unsupported':>12}")
                 continue
             p50, p99, cpu = result
-            per_gpu_cpu[index] += cpu
+            if name in calls:
+                per_gpu_cpu[index] += cpu
             print(f"{name:<32} {index:>3} {p50:>12.0f} {p99:>12.0f} {cpu:>8.0f}")
     for index, cpu in enumerate(per_gpu_cpu):
         print(f"GPU {index}: the calls of one tick cost {cpu / 1000:.2f} ms of CPU")

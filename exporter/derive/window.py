@@ -16,8 +16,9 @@ sums over the very same steps, so tokens per joule is Δtokens / Δenergy over o
 two rates taken at different moments. A value that cannot be defined (no step, no energy, no tokens) is
 None, which the renderer leaves absent: never NaN, never Inf.
 
-A GPU attributed to two endpoints counts in both (each endpoint's energy is the energy of the GPUs it
-runs on); sum `tpw_gpu_window_power_watts`, not endpoint power, for node power.
+A GPU attributed to several endpoints is split between them by their shares
+(`EndpointSample.gpu_shares`, see `exporter.attribution`), so their energies add up to the GPU's; sum
+`tpw_gpu_window_power_watts` for node power (every GPU once, unattributed ones too).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from exporter.render.families import GaugeTable, gauge, table_families
 
 WINDOW_NOTE = "over the derive window (derive.window)"
 ENERGY_NOTE = "from GPU energy-counter deltas over the same ticks as the counters, not from power samples"
-SHARED_NOTE = "a GPU shared by several endpoints counts in each"
+SHARED_NOTE = "a GPU shared by several endpoints counts by the endpoint's share of it"
 FACILITY_NOTE = "facility energy = GPU energy × site.pue; host CPU/DRAM energy is not included"
 
 ENDPOINT_GAUGES: GaugeTable[DerivedEndpoint] = (
