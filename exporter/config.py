@@ -10,14 +10,15 @@ message is one line naming the field, what is allowed and what was given.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import reprlib
 import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -88,24 +89,46 @@ class NvmlConfig(_Strict):
     @field_validator("devices", mode="before")
     @classmethod
     def _parse_devices(cls, value: Any) -> Any:
-        items = value.split(",") if isinstance(value, str) else value
-        if isinstance(value, int):
-            items = [value]
-        if not isinstance(items, list):
-            return value
-        parsed: list[Any] = []
-        for item in items:
-            text = item.strip() if isinstance(item, str) else item
-            if isinstance(text, str) and text.isdigit():
-                text = int(text)
-            if isinstance(text, str) and not re.fullmatch(r"(GPU|MIG)-[0-9A-Za-z-]{1,80}", text):
-                raise ValueError(
-                    f"expected GPU indices or UUIDs such as 0,1 or GPU-5c2d…; {text!r} is neither"
-                )
-            if isinstance(text, int) and not isinstance(text, bool) and text < 0:
-                raise ValueError(f"GPU indices are 0 or more, got {text}")
-            parsed.append(text)
-        return parsed
+        return parse_gpu_list(value)
+
+
+MAX_GPU_INDEX = 1023
+GPU_UUID_PATTERN = re.compile(r"(GPU|MIG)-[0-9A-Za-z-]{1,80}")
+
+
+def parse_gpu_list(value: Any, also: str = "") -> Any:
+    """`0,1`, `2` or `[0, "GPU-…"]` → a list of NVML indices (0..MAX_GPU_INDEX) and UUIDs, none twice.
+
+    ValueError naming the first bad entry; a value of another type is left to pydantic's own type check.
+    `also` names other accepted values in the message (an endpoint's `auto` and `all`).
+    """
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return value
+    parsed: list[int | str] = []
+    for item in items:
+        entry = item.strip() if isinstance(item, str) else item
+        if isinstance(entry, str) and re.fullmatch(r"[0-9]{1,12}", entry):
+            entry = int(entry)
+        if isinstance(entry, bool) or not isinstance(entry, (int, str)):
+            entry_is = "a boolean" if isinstance(entry, bool) else f"a {type(entry).__name__}"
+            raise ValueError(f"expected {also}GPU indices or UUIDs such as 0,1 or GPU-5c2d…; got {entry_is}")
+        if isinstance(entry, int) and not 0 <= entry <= MAX_GPU_INDEX:
+            raise ValueError(f"GPU indices are 0..{MAX_GPU_INDEX}, got {entry}")
+        if isinstance(entry, str) and not GPU_UUID_PATTERN.fullmatch(entry):
+            raise ValueError(
+                f"expected {also}GPU indices or UUIDs such as 0,1 or GPU-5c2d…; "
+                f"{shown_value(entry)} is neither"
+            )
+        if entry in parsed:
+            raise ValueError(f"{f'GPU {entry}' if isinstance(entry, int) else entry} is listed twice")
+        parsed.append(entry)
+    return parsed
 
 
 class ScheduleEntry(_Strict):
@@ -193,10 +216,18 @@ class EndpointConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parsed = urlsplit(value)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError("expected an http:// or https:// URL such as http://localhost:8000/metrics")
+        check_url(value)
         return value
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _parse_gpus(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() in ("auto", "all"):
+            return value.strip()
+        parsed = parse_gpu_list(value, also="auto, all, or ")
+        if parsed == []:
+            raise ValueError("expected auto, all, or at least one GPU index or UUID")
+        return parsed
 
     @field_validator("mapping")
     @classmethod
@@ -358,67 +389,210 @@ class Config(_Strict):
 
 
 def split_listen_address(value: str) -> tuple[str, int]:
-    """`host:port` (or `[v6]:port`) → (host, port); ValueError with the reason otherwise."""
+    """`host:port` or `[v6]:port` → (host, port), checked: an IPv4 address, a bracketed IPv6 address or a
+    host name, and a port 0..65535 (0: any free port). An empty host is 0.0.0.0. ValueError otherwise."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"expected host:port such as 0.0.0.0:{DEFAULT_PORT}, got {value!r}")
+    if not sep or not re.fullmatch(r"[0-9]+", port_text):
+        raise ValueError(f"expected host:port such as 0.0.0.0:{DEFAULT_PORT}, got {shown_value(value)}")
     port = int(port_text)
     if not 0 <= port <= 65535:
-        raise ValueError(f"port must be 0..65535, got {port}")
-    host = host.strip("[]") or "0.0.0.0"
+        raise ValueError(f"port must be 0..65535, got {shown_value(port)}")
+    if host.startswith("[") or host.endswith("]"):
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+        if inner is None or not _is_ipv6(inner):
+            raise ValueError(
+                f"expected an IPv6 address in brackets such as [::1]:{port}, got {shown_value(host)}"
+            )
+        return inner, port
+    if ":" in host:
+        raise ValueError(
+            f"an IPv6 address is written in brackets, e.g. [::]:{port}; got {shown_value(value)}"
+        )
+    if not host:
+        return "0.0.0.0", port
+    check_host(host)
     return host, port
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def check_host(host: str) -> None:
+    """ValueError unless `host` is an IPv4 address (all four numbers, each 0..255) or a host name."""
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"{shown_value(host)} is not an IPv4 address (four numbers 0..255 joined by dots)"
+            ) from None
+        return
+    try:
+        name = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        name = ""
+    name = name[:-1] if name.endswith(".") else name
+    if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(
+            f"{shown_value(host)} is not an IP address or a host name (letters, digits, '-', '_' and '.')"
+        )
+
+
+EXPECTED_URL = "expected an http:// or https:// URL such as http://localhost:8000/metrics"
+
+
+def check_url(url: str) -> None:
+    """ValueError unless `url` is http(s) with a host (IPv4, bracketed IPv6 or a name) and a port 1..65535."""
+    if any(ord(char) <= 32 or ord(char) == 127 for char in url):
+        raise ValueError(f"{EXPECTED_URL}: no spaces or control characters")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise ValueError(EXPECTED_URL)
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    host_port = authority.rpartition("@")[2]
+    if host_port.startswith("["):
+        host, bracket, after = host_port[1:].partition("]")
+        if not bracket or not _is_ipv6(host):
+            raise ValueError(
+                f"{EXPECTED_URL}: an IPv6 host is an address in brackets, such as http://[::1]:8000/"
+            )
+        if after and not after.startswith(":"):
+            raise ValueError(f"{EXPECTED_URL}: expected :PORT after the IPv6 host")
+        port_text = after[1:]
+    else:
+        host, _, port_text = host_port.partition(":")
+        if ":" in port_text:
+            raise ValueError(
+                f"{EXPECTED_URL}: an IPv6 host is written in brackets, such as http://[::1]:8000/"
+            )
+        if not host:
+            raise ValueError(f"{EXPECTED_URL}: the URL has no host")
+        check_host(host)
+    if port_text and not (re.fullmatch(r"[0-9]{1,12}", port_text) and 1 <= int(port_text) <= 65535):
+        shown = port_text if port_text.isascii() and port_text.isdigit() else shown_value(port_text)
+        raise ValueError(f"the URL's port must be 1..65535, got {shown}")
+
+
 MAX_SHOWN_CHARS = 80
+# The longest error line printed: past it, a message is cut and says how many problems it left out.
+MAX_ERROR_CHARS = 1000
+REDACTED = "<redacted>"
 _ALREADY_SAYS_GOT = re.compile(r"\bgot\b")
+_URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"\\]*""")
+_SETTING_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _url_without_secrets(match: re.Match[str]) -> str:
+    scheme, _, rest = match.group(0).partition("://")
+    rest = rest.rpartition("@")[2]  # user info, even a malformed one holding '/' or '?'
+    return f"{scheme}://{re.split(r'[?#]', rest, maxsplit=1)[0]}"
 
 
 def _without_secrets(text: str) -> str:
-    """A URL without its user info, query and fragment (tokens live there); other text as it is."""
-    if "://" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        return text.split("://", 1)[0] + "://…"
-    if not (parts.username or parts.password or parts.query or parts.fragment):
-        return text
-    netloc = parts.hostname or ""
-    if port is not None:
-        netloc = f"{netloc}:{port}"
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+    """`text` with every URL in it cut to scheme, host, port and path: no user info, query or fragment."""
+    return _URL_IN_TEXT.sub(_url_without_secrets, text) if "://" in text else text
+
+
+class _ShortRepr(reprlib.Repr):
+    """repr that stops early (a value may be huge) and leaves URL secrets out of every string in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = 4 * MAX_SHOWN_CHARS  # then cut to MAX_SHOWN_CHARS
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 8
+
+    def repr_str(self, x: str, level: int) -> str:
+        return super().repr_str(_without_secrets(x), level)
+
+
+_short_repr = _ShortRepr()
 
 
 def shown_value(value: Any) -> str:
     """`value` as an error message quotes it: repr, secrets left out, at most MAX_SHOWN_CHARS."""
-    text = repr(_without_secrets(value) if isinstance(value, str) else value)
+    text = _short_repr.repr(value)
     return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 1] + "…"
+
+
+def redact_url(url: str) -> str:
+    """`url` with its user info and each query value replaced by `<redacted>` (for check-config's output)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, path_etc = re.match(r"([^/?#]*)(.*)", rest, re.S).groups()  # type: ignore[union-attr]
+    at, host_port = authority.rpartition("@")[1:]
+    path, hash_mark = path_etc.partition("#")[:2]
+    path, question, query = path.partition("?")
+    if question:
+        query = "&".join(
+            f"{key}={REDACTED}" if equals else REDACTED
+            for key, equals, _ in (item.partition("=") for item in query.split("&"))
+        )
+    return (
+        f"{scheme}://{REDACTED + '@' if at else ''}{host_port}{path}{question}{query}"
+        f"{hash_mark}{REDACTED if hash_mark else ''}"
+    )
+
+
+def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` as one printable line of at most `limit` characters (control characters become spaces)."""
+    line = "".join(" " if not char.isprintable() else char for char in text)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _shown_location(location: tuple[Any, ...]) -> str:
+    """`endpoints.0.url`; a key that cannot be a setting's name (a secret, a line of some other file) as
+    `<key not shown>`."""
+    parts = [str(part) for part in location]
+    return (
+        ".".join(part if _SETTING_NAME.fullmatch(part) else "<key not shown>" for part in parts) or "config"
+    )
 
 
 def format_validation_error(error: ValidationError) -> str:
     """One line: `field.path: problem (got value)` for each problem, joined by '; '.
 
-    The value is quoted once: not again when the problem already says what it got, never a mapping, and
-    never a URL's user info or query string.
+    The value is quoted once: not again when the problem already says what it got, never a mapping, never
+    the value of an unknown field, and never a URL's user info or query string. At most MAX_ERROR_CHARS.
     """
     parts = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "config"
+        location = _shown_location(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if not item["loc"] and re.match(r"[a-z_]+(\.[a-z_]+)*: ", message):
             parts.append(message)  # a model-level check that already names its field
             continue
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
         given = item.get("input")
+        if item["type"] == "extra_forbidden":
+            message, given = "unknown field", {}  # its value is not shown: it may be anything
         says_it = (isinstance(given, str) and repr(given) in message) or _ALREADY_SAYS_GOT.search(message)
         if isinstance(given, dict) or item["type"] == "missing" or says_it:
             shown = ""
         else:
             shown = f" (got {shown_value(given)})"
-        parts.append(f"{location}: {message}{shown}")
-    return "; ".join(parts)
+        parts.append(f"{location}: {_without_secrets(message)}{shown}")
+    return _joined(parts)
+
+
+def _joined(parts: list[str]) -> str:
+    """`parts` joined by '; ', cut after the last one that fits in MAX_ERROR_CHARS."""
+    text = ""
+    for count, part in enumerate(parts):
+        candidate = f"{text}; {part}" if text else part
+        if len(candidate) > MAX_ERROR_CHARS - 40:
+            left = len(parts) - count
+            return f"{text}; … and {left} more problem{'s' if left > 1 else ''}" if text else one_line(part)
+        text = candidate
+    return text
 
 
 def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -431,22 +605,147 @@ def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
+# A config file is a few KB: these bound what a wrong or hostile file can cost before it is refused.
+MAX_CONFIG_FILE_BYTES = MIB
+MAX_YAML_VALUES = 100_000  # scalars, lists and mappings, counted with every alias expanded
+MAX_YAML_DEPTH = 64
+_YAML_TOKENS = re.compile(r"'(<[a-z ]+>|[-?:,\[\]{}])'")  # pyyaml's names for tokens, not the file's text
+_QUOTED = re.compile(r"""\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def _yaml_problem(problem: str | None) -> str:
+    """pyyaml's problem without what it quotes from the file (a character, an alias, a tag)."""
+    if not problem:
+        return "invalid YAML"
+
+    def keep_tokens(match: re.Match[str]) -> str:
+        return match.group(0) if _YAML_TOKENS.fullmatch(match.group(1)) else ""
+
+    return one_line(_QUOTED.sub(keep_tokens, problem), limit=120)
+
+
+def _limit_error(problem: str, node: yaml.Node) -> yaml.MarkedYAMLError:
+    return yaml.MarkedYAMLError(problem=problem, problem_mark=node.start_mark)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """MarkedYAMLError if `root`, with every alias expanded, holds over MAX_YAML_VALUES values, nests over
+    MAX_YAML_DEPTH levels, or contains itself. Each node is measured once, so a billion laughs costs what
+    its text costs."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) → (values, levels below it)
+    open_nodes: set[int] = set()
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key in measured:
+            size, height = measured[key]
+        else:
+            if key in open_nodes:
+                raise _limit_error("an alias refers to a collection that contains it", node)
+            if depth > MAX_YAML_DEPTH:
+                raise _limit_error(f"nested more than {MAX_YAML_DEPTH} levels deep", node)
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            open_nodes.add(key)
+            size, height = 1, 0
+            for child in children:
+                child_size, child_height = measure(child, depth + 1)
+                size, height = size + child_size, max(height, child_height + 1)
+                if size > MAX_YAML_VALUES:
+                    raise _limit_error(
+                        f"more than {MAX_YAML_VALUES} values once its aliases are expanded", node
+                    )
+            open_nodes.discard(key)
+            measured[key] = (size, height)
+        if depth + height > MAX_YAML_DEPTH:
+            raise _limit_error(
+                f"nested more than {MAX_YAML_DEPTH} levels deep once its aliases are expanded", node
+            )
+        return size, height
+
+    measure(root, 0)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """pyyaml's safe loader, with the document's depth and its size, aliases expanded, capped."""
+
+    _depth = 0
+    _nodes = 0  # as written, an alias counting 1: stops a long file early; the expanded size is checked after
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH or self._nodes > MAX_YAML_VALUES:
+                too_much = (
+                    f"nested more than {MAX_YAML_DEPTH} levels deep"
+                    if self._depth > MAX_YAML_DEPTH
+                    else f"more than {MAX_YAML_VALUES} values"
+                )
+                raise yaml.MarkedYAMLError(problem=too_much, problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _position(before: str) -> str:
+    """`line L column C` (from 1) of the character that follows `before`."""
+    return f"line {before.count(chr(10)) + 1} column {len(before) - before.rfind(chr(10))}"
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a YAML file, or a one-line ConfigError naming the file, and the line and column
+    where they are known, and the kind of problem: never the file's text (it may be another file, with
+    secrets)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"config file {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(
+            f"config file {path}: larger than {MAX_CONFIG_FILE_BYTES // MIB} MiB, too big for a config file"
+        )
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        where = _position(raw[: exc.start].decode("utf-8-sig", "replace"))
+        raise ConfigError(f"config file {path} {where}: not UTF-8 text") from None
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader, with limits
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = _yaml_problem(exc.problem)
+        if exc.context and problem.startswith("but "):  # "expected a single document …, but found …"
+            problem = f"{_yaml_problem(exc.context)}, {problem}"
         raise ConfigError(f"config file {path}{where}: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        kind = f"U+{exc.character:04X}" if isinstance(exc.character, int) else "a character"
+        raise ConfigError(
+            f"config file {path} {_position(text[: exc.position])}: {kind} is not allowed in YAML"
+        ) from None
+    except yaml.YAMLError:
+        raise ConfigError(f"config file {path}: invalid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
+    if data and not any(_SETTING_NAME.fullmatch(str(key)) for key in data):
+        raise ConfigError(
+            f"config file {path}: expected a mapping of settings; no key in it is a setting name"
+        )
     return data
 
 
@@ -513,6 +812,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                 value = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"environment variable {name}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ConfigError(f"environment variable {name}: JSON nested too deeply") from None
         node = result
         for part in path[:-1]:
             node = node.setdefault(part, {})

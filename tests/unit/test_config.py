@@ -74,7 +74,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("- a\n- b\n", {}, "expected a mapping of settings, got list"),
         ("interval: [\n", {}, "line 2"),
         ("", {"TPW_NVML__DEVICES": "0,gpu1"}, "nvml.devices: expected GPU indices or UUIDs such as 0,1"),
-        ("nvml:\n  devices: [-1]\n", {}, "nvml.devices: GPU indices are 0 or more, got -1"),
+        ("nvml:\n  devices: [-1]\n", {}, "nvml.devices: GPU indices are 0..1023, got -1"),
         ("nvml:\n  devices: []\n", {}, "nvml.devices: List should have at least 1 item"),
         *DERIVE_AND_SITE_ERRORS,
     ],
@@ -246,7 +246,7 @@ def test_cli_warns_once_about_unknown_variables_naming_them_never_their_values(
     [
         ("listen_address: foo\n", "listen_address: expected host:port such as 0.0.0.0:9835, got 'foo'"),
         ("listen_address: 'h:99999'\n", "listen_address: port must be 0..65535, got 99999"),
-        ("nvml:\n  devices: [-1]\n", "nvml.devices: GPU indices are 0 or more, got -1"),
+        ("nvml:\n  devices: [-1]\n", "nvml.devices: GPU indices are 0..1023, got -1"),
         ("interval: -1\n", "interval: Input should be greater than or equal to 0.05 (got -1)"),
         (
             "log_level: loud\n",
