@@ -27,6 +27,9 @@ from exporter.config import (
     Config,
     ConfigError,
     load_config,
+    one_line,
+    redact_url,
+    shown_value,
     unknown_env_variables,
 )
 from exporter.demo.scenarios import SCENARIOS
@@ -167,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         "YAML. Exit 0 if valid, 2 with a one-line error naming the field if not.",
     )
     check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print endpoint URLs as given; by default their user info and query values read <redacted>",
+    )
     return parser
 
 
@@ -177,14 +185,19 @@ def parse_endpoint_flag(text: str) -> dict[str, Any]:
     """`NAME=URL[,key=value…]` → an endpoint config mapping; ValueError with the reason otherwise."""
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
-        raise ValueError(f"--endpoint {text!r}: expected NAME=URL[,engine=E][,gpus=G]")
+        raise ValueError(f"--endpoint {shown_value(text)}: expected NAME=URL[,engine=E][,gpus=G]")
     url, *options = rest.split(",")
     endpoint: dict[str, Any] = {"name": name, "url": url}
     for option in options:
         key, sep, value = option.partition("=")
         if not sep or key not in ENDPOINT_FLAG_KEYS:
+            # Only the key: the text after a comma may be the rest of a URL's query string (a token).
+            what = f"unknown option {shown_value(key)}" if sep else "an option without '='"
             allowed = ", ".join(ENDPOINT_FLAG_KEYS)
-            raise ValueError(f"--endpoint {name}: unknown option {option!r}; allowed: {allowed}")
+            raise ValueError(
+                f"--endpoint {shown_value(name)}: {what}; allowed: {allowed} (a comma in the URL is "
+                "written %2C)"
+            )
         if key == "gpus" and value not in ("auto", "all"):
             endpoint["gpus"] = [int(item) if item.isdigit() else item for item in value.split("+") if item]
         else:
@@ -255,6 +268,22 @@ def unknown_env_warning(names: Sequence[str]) -> str:
     )
 
 
+def effective_config_yaml(config: Config, show_secrets: bool = False) -> str:
+    """The effective config as YAML; endpoint URLs' user info and query values `<redacted>` unless
+    `show_secrets`, with a comment saying so when anything was left out."""
+    data = config.model_dump(mode="json")
+    redacted = False
+    if not show_secrets:
+        for endpoint in data["endpoints"]:
+            shown = redact_url(endpoint["url"])
+            redacted = redacted or shown != endpoint["url"]
+            endpoint["url"] = shown
+    text = yaml.safe_dump(data, sort_keys=False)
+    if redacted:
+        text += "# endpoint URLs' user info and query values are <redacted>; --show-secrets prints them\n"
+    return text
+
+
 def effective_timeouts(config: Config) -> str:
     """YAML comments giving each endpoint's real scrape time limit (capped at the tick's budget)."""
     if not config.endpoints:
@@ -282,12 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config(args.file)
             if unknown:
                 print(f"tpw-exporter: warning: {unknown_env_warning(unknown)}", file=sys.stderr)
-            sys.stdout.write(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+            sys.stdout.write(effective_config_yaml(config, show_secrets=args.show_secrets))
             sys.stdout.write(effective_timeouts(config))
             return 0
         config = load_config(args.config, overrides=flag_overrides(args))
     except ConfigError as exc:
-        print(f"tpw-exporter: config error: {exc}", file=sys.stderr)
+        print(f"tpw-exporter: config error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     logging.basicConfig(
         level=config.log_level.upper(),
@@ -302,6 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.server import serve
 
         return serve(config, args.command)
-    except ConfigError as exc:  # found while opening what the config names (e.g. a GPU the node lacks)
-        print(f"tpw-exporter: config error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # the listen address cannot be bound, or the node lacks a GPU the config names
+        print(f"tpw-exporter: config error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

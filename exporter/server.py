@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from exporter import __version__
-from exporter.config import Config
+from exporter.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,25 @@ def _server_class() -> type:
     return Server
 
 
+def bind_listen_address(config: Config) -> socket.socket:
+    """The listening socket for `listen_address`, bound before anything is logged as listening.
+
+    ConfigError naming `listen_address` and the address if it cannot be bound (in use, a privileged port,
+    an address this host does not have, a name that does not resolve).
+    """
+    try:
+        return bind(config.host, config.port)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"listen_address: cannot listen on {config.listen_address}: {reason}") from None
+
+
 def serve(config: Config, command: str) -> int:
-    """Run the exporter; the exit code. ConfigError when the node lacks what the config names."""
+    """Run the exporter; the exit code. ConfigError when the listen address cannot be bound or the node
+    lacks what the config names."""
     from exporter.collector import CollectorError, CollectorProcess, run_collector
 
-    try:
-        listener = bind(config.host, config.port)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        print(f"tpw-exporter: cannot listen on {config.listen_address}: {reason}", file=sys.stderr)
-        return 1
+    listener = bind_listen_address(config)
 
     server_box: list[Any] = []
 

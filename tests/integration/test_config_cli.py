@@ -52,7 +52,7 @@ def test_help_and_version() -> None:
 def test_bad_endpoint_flags_exit_2_with_one_line() -> None:
     for flag, expected in (
         ("novalue", "expected NAME=URL"),
-        ("a=http://h/m,colour=red", "unknown option 'colour=red'"),
+        ("a=http://h/m,colour=red", "unknown option 'colour'"),
         ("a=ftp://h/m", "endpoints.0.url"),
         ("a=http://h/m,engine=magic", "endpoints.0.engine"),
     ):
