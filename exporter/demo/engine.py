@@ -15,13 +15,18 @@ whose engine is down (`endpoint-down`) the page answers 503, so the exporter rea
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from exporter.demo.scenarios import Plan
+
+log = logging.getLogger(__name__)
 
 DEMO_ENDPOINT_NAME = "demo-vllm"
 DEMO_MODEL = "simulated/llama-3.1-8b"
@@ -179,6 +184,18 @@ class SimulatedEngine:
         return "\n".join(lines) + "\n"
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """A client that goes away mid-request (a closed scrape, a timed-out probe) is logged at debug, not
+    printed as a traceback; any other error is reported as socketserver reports it."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):  # BrokenPipe, ConnectionReset, …
+            log.debug("simulated engine: client %s went away: %s", client_address, error)
+            return
+        super().handle_error(request, client_address)
+
+
 class SimulatedEngineServer:
     """Serves a SimulatedEngine's page at http://127.0.0.1:PORT/metrics from a background thread."""
 
@@ -203,7 +220,7 @@ class SimulatedEngineServer:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = _QuietHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever,
