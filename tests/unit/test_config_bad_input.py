@@ -340,14 +340,6 @@ def test_unreadable_directory_and_non_mapping_files(tmp_path: Path, monkeypatch:
     assert str(caught.value) == f"config file {tmp_path / 'secret.yaml'}: Permission denied"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
-def test_a_file_without_read_permission(tmp_path: Path) -> None:
-    path = write(tmp_path, "interval: 1\n")
-    path.chmod(0)
-    with pytest.raises(ConfigError, match=r"config\.yaml: Permission denied$"):
-        load_config(path, {})
-
-
 def test_one_line_caps_and_flattens() -> None:
     assert one_line("a\nb\r\tc\x1b[31m") == "a b  c [31m"
     assert len(one_line("x" * 5000)) == MAX_ERROR_CHARS
