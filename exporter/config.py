@@ -32,6 +32,9 @@ from pydantic import (
 )
 
 from exporter.model import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_LABEL_LENGTH,
+    DEFAULT_MAX_MODELS,
     ENDPOINT_ENGINES,
     ENGINE_AUTO,
     ENGINE_GENERIC,
@@ -204,7 +207,27 @@ class EndpointConfig(_Strict):
         description="Time limit for one scrape, capped at 80% of `interval` (a value set above the cap is "
         "logged at start; the default is capped silently).",
     )
-    max_body_bytes: int = Field(16 * MIB, ge=1024, description="Largest page accepted (decompressed).")
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        le=256 * MIB,
+        description="Largest page accepted, as sent and once decompressed (each read as a stream and cut "
+        "off at the cap).",
+    )
+    max_models: int = Field(
+        DEFAULT_MAX_MODELS,
+        ge=1,
+        le=10_000,
+        description="Most models kept per endpoint (first on the page first); the series of the others are "
+        "left out and counted.",
+    )
+    max_label_length: int = Field(
+        DEFAULT_MAX_LABEL_LENGTH,
+        ge=16,
+        le=4096,
+        description="Longest model name kept, in characters; the series of a longer one are left out and "
+        "counted.",
+    )
     unit: WorkUnit = Field("tokens", description="Unit of work (generic endpoints that do not serve tokens).")
     mapping: dict[str, str] | None = Field(
         None, description="For engine `generic`: normalized field → source metric name."

@@ -11,6 +11,7 @@ configuration builds (`Thresholds`, `Site`), so that `exporter.config` imports n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -61,14 +62,42 @@ CLOCK_EVENT_REASONS: dict[str, int] = {
 }
 
 
+# What one endpoint's page may bring in (`EndpointConfig` defaults; docs/metrics.md, "Serving endpoints"):
+# the largest page, compressed or not (the biggest real pages, vLLM serving many models, are about 1 MB);
+# the models kept per endpoint (each has at most ~15 normalized series); the longest model name kept.
+DEFAULT_MAX_BODY_BYTES = 4 * MIB
+DEFAULT_MAX_MODELS = 100
+DEFAULT_MAX_LABEL_LENGTH = 256
+# A counter above 2**53 cannot count one more (a float's integer precision ends there): a broken page.
+MAX_COUNTER_VALUE = float(2**53)
+# Why an endpoint's normalized series were left out (`tpw_endpoint_dropped_series_total{reason}`).
+DROP_REASONS: tuple[str, ...] = ("too_many_series", "label_too_long", "invalid_value")
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointField:
-    """One normalized field a serving engine's page is read into (`EndpointValue.field`)."""
+    """One normalized field a serving engine's page is read into (`EndpointValue.field`).
+
+    Every field is a quantity ≥ 0 (a count, tokens, seconds or a fraction) no larger than `maximum`; any
+    other value (NaN, ±Inf, negative, a ratio above 1) is a broken page, left out where the page is read.
+    """
 
     name: str
     kind: Literal["counter", "gauge"]  # counter: only grows, except when the engine restarts
     help: str
     windowed: bool = False  # a work counter whose increase the derive window sums (rates, per joule)
+    ratio: bool = False  # a fraction: at most 1
+
+    @property
+    def maximum(self) -> float:
+        """The largest valid value: 1 for a ratio, MAX_COUNTER_VALUE for a counter, else unbounded."""
+        if self.ratio:
+            return 1.0
+        return MAX_COUNTER_VALUE if self.kind == "counter" else math.inf
+
+    def valid(self, value: float) -> bool:
+        """Whether `value` is a reading of this field: finite, ≥ 0 and ≤ `maximum`."""
+        return 0.0 <= value <= self.maximum and math.isfinite(value)
 
 
 # The normalized fields, in the order engine profiles and error messages list them.
@@ -84,7 +113,7 @@ ENDPOINT_FIELDS: tuple[EndpointField, ...] = (
     EndpointField("generation_tokens_total", "counter", "Tokens generated (decode).", windowed=True),
     EndpointField("requests_running", "gauge", "Requests in the running batch now."),
     EndpointField("requests_waiting", "gauge", "Requests queued, waiting to be scheduled."),
-    EndpointField("kv_cache_usage_ratio", "gauge", "KV-cache usage, 0..1."),
+    EndpointField("kv_cache_usage_ratio", "gauge", "KV-cache usage, 0..1.", ratio=True),
     EndpointField("ttft_seconds_sum", "counter", "Sum of the times to first token (histogram sum)."),
     EndpointField("ttft_seconds_count", "counter", "Requests counted in ttft_seconds_sum (histogram count)."),
     EndpointField("e2e_latency_seconds_sum", "counter", "Sum of the request latencies (histogram sum)."),
@@ -101,6 +130,7 @@ ENDPOINT_FIELDS: tuple[EndpointField, ...] = (
     ),
 )
 ENDPOINT_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in ENDPOINT_FIELDS)
+ENDPOINT_FIELDS_BY_NAME: dict[str, EndpointField] = {f.name: f for f in ENDPOINT_FIELDS}
 # Every counter field: a value below the previous scrape's is an engine restart (a counter reset).
 ENDPOINT_COUNTER_FIELDS: frozenset[str] = frozenset(f.name for f in ENDPOINT_FIELDS if f.kind == "counter")
 # The work counters the derive window takes increases of (throughput, per-joule and per-request values).
@@ -269,6 +299,7 @@ class EndpointSample:
     attribution: str = "all"
     attribution_note: str | None = None  # why auto attribution fell back, if it did
     errors_total: tuple[tuple[str, int], ...] = ()  # (reason, count since start), cumulative
+    dropped_total: tuple[tuple[str, int], ...] = ()  # (DROP_REASONS entry, series since start), cumulative
     resets_total: int = 0  # counters seen going backwards (engine restarts) since start
     process_start_time_seconds: float | None = None  # the engine's own process_start_time_seconds
 

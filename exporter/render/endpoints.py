@@ -47,7 +47,9 @@ def counter_value(value: float) -> float | None:
     """An engine's counter-like value as rendered: None (no sample) unless finite and ≥ 0.
 
     OpenMetrics forbids NaN and negative `_total`, `_sum` and `_count` samples (a strict parser rejects the
-    whole page); such a value is a broken engine page, not a measurement.
+    whole page); such a value is a broken engine page, not a measurement. Pages are checked where they are
+    read (`exporter.sources.page.limit_series` leaves such series out and counts them), so this is only the
+    last guard for the output's validity, whatever built the snapshot.
     """
     return value if math.isfinite(value) and value >= 0 else None
 
@@ -76,7 +78,14 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
     errors = CounterMetricFamily(
         "tpw_endpoint_scrape_errors",
         "Scrape problems since start by reason: connect, timeout, http_status, redirect, too_large, decode, "
-        "no_engine, no_metrics, http, malformed_line (lines skipped).",
+        "no_engine, no_metrics, http, internal, malformed_line (lines skipped).",
+        labels=["endpoint", "reason"],
+    )
+    dropped = CounterMetricFamily(
+        "tpw_endpoint_dropped_series",
+        "Normalized series of the endpoint's pages left out since start, by reason: too_many_series (models "
+        "past max_models), label_too_long (model name past max_label_length), invalid_value (NaN, infinite, "
+        "negative, a counter past 2^53, a ratio above 1).",
         labels=["endpoint", "reason"],
     )
     resets = CounterMetricFamily(
@@ -113,6 +122,8 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
         info.add_metric([endpoint.name, endpoint.engine, endpoint.url, endpoint.unit], 1.0)
         for reason, count in endpoint.errors_total:
             errors.add_metric([endpoint.name, reason], float(count))
+        for reason, count in endpoint.dropped_total:
+            dropped.add_metric([endpoint.name, reason], float(count))
         resets.add_metric([endpoint.name], float(endpoint.resets_total))
         for gpu in endpoint.gpus:
             attribution.add_metric([endpoint.name, str(gpu), endpoint.attribution], 1.0)
@@ -121,7 +132,7 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
         pending.add_metric([endpoint.name], 1.0 if endpoint.attribution == ATTRIBUTION_PENDING else 0.0)
         if endpoint.process_start_time_seconds is not None:
             start.add_metric([endpoint.name], endpoint.process_start_time_seconds)
-    yield from (up, duration, info, errors, resets, attribution, share, pending, start)
+    yield from (up, duration, info, errors, dropped, resets, attribution, share, pending, start)
 
 
 def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
@@ -143,7 +154,7 @@ def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
     for endpoint in live:
         for value in endpoint.values:
             labels = [endpoint.name, endpoint.engine, value.model]
-            if value.field not in ENDPOINT_COUNTER_FIELDS:  # a gauge: any float, NaN included
+            if value.field not in ENDPOINT_COUNTER_FIELDS:  # a gauge (checked where the page was read)
                 simple[value.field].add_metric(labels, value.value)
                 continue
             # A counter-like value that is NaN, infinite or negative is left out (see counter_value).

@@ -1,12 +1,16 @@
 """Serving engines' Prometheus endpoints, scraped concurrently with httpx and normalized per engine profile.
 
-Each endpoint is scraped by its own `EndpointScraper` under its own time limit, so one slow engine never
-delays the others or the GPU metrics. Every failure is data, not a crash: connection refused, time-out,
-an HTTP error, a redirect to another host (never followed), a page over the size cap (read as a stream and
-cut off, never buffered whole), a body that is not UTF-8 — each marks that endpoint `up 0` for the tick,
-counts `tpw_endpoint_scrape_errors_total{reason}` and is logged once per state change. Malformed lines are
-skipped and counted; counters that go backwards (an engine restart) are counted as resets
-(`tpw_endpoint_resets_total`).
+Each endpoint is scraped by its own `EndpointScraper` under its own time limit, which bounds the whole
+scrape: fetching, and reading the page, which runs in the endpoint's own worker process
+(`exporter.sources.page`, where the design is explained), so no page, however big or hostile, holds up
+the tick, another endpoint or the GPU metrics. Every failure is data, not a crash: connection refused,
+time-out (fetch or parse), an HTTP error, a redirect to another host (never followed), a page over the size
+cap (read as a stream and cut off, never buffered whole; compressed pages inflated as a stream, cut at the
+same cap), a body that is not UTF-8 — each marks that endpoint `up 0` for the tick, counts
+`tpw_endpoint_scrape_errors_total{reason}` and is logged once per state change. Malformed lines are
+skipped and counted; series with invalid values, over-long model names or past the per-endpoint model cap
+are left out and counted (`tpw_endpoint_dropped_series_total{reason}`); counters that go backwards (an
+engine restart) are counted as resets (`tpw_endpoint_resets_total`).
 """
 
 from __future__ import annotations
@@ -21,14 +25,6 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from exporter.config import EndpointConfig
-from exporter.engines import (
-    PROFILES,
-    EngineProfile,
-    detect_engine,
-    generic_profile,
-    is_detection_name,
-    normalize,
-)
 from exporter.model import (
     ENDPOINT_COUNTER_FIELDS,
     ENGINE_AUTO,
@@ -36,23 +32,17 @@ from exporter.model import (
     EndpointSample,
     EndpointValue,
 )
-from exporter.promtext import ParseResult, parse_selected
 from exporter.sources.base import Collected, Source
+from exporter.sources.page import ACCEPT_ENCODING, PageError, PageJob, PageResult
+from exporter.sources.page_workers import PageWorker, WorkerFailed
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
 ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
-PROCESS_START = "process_start_time_seconds"
-ALL_PROFILE_NAMES = frozenset().union(*(profile.wanted_names() for profile in PROFILES.values()))
 
-
-class ScrapeError(Exception):
-    """One failed scrape; `reason` is the bounded label value of tpw_endpoint_scrape_errors_total."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+ScrapeError = PageError
+"""One failed scrape; `reason` is the bounded label value of tpw_endpoint_scrape_errors_total."""
 
 
 def display_url(url: str) -> str:
@@ -90,28 +80,24 @@ class EndpointScraper:
                 self.timeout,
             )
         self.url = display_url(config.url)
-        self._fixed_profile: EngineProfile | None = None
-        if config.engine == ENGINE_GENERIC:
-            assert config.mapping is not None  # guaranteed by the config model
-            model_labels = (config.model_label,) if config.model_label else ()
-            self._fixed_profile = generic_profile(config.mapping, config.unit, model_labels=model_labels)
-        elif config.engine != ENGINE_AUTO:
-            self._fixed_profile = PROFILES[config.engine]
+        self._fixed_engine = None if config.engine == ENGINE_AUTO else config.engine
         self._detected: str | None = None
         self._errors: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
         self._resets = 0
         self._previous: dict[tuple[str, str, str | None], float] = {}
         self._fields: frozenset[str] | None = None
         self._last_state: str | None = None
+        self.worker = PageWorker(config.name)
 
     # -- fetching -------------------------------------------------------------------------------------
-    async def _fetch(self) -> bytes:
+    async def _fetch(self) -> tuple[bytes, str]:
+        """The page as sent (compressed or not) and its Content-Encoding."""
         url = self.config.url
         origin = urlsplit(url).netloc
+        headers = {"Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING}
         for _ in range(MAX_REDIRECTS + 1):
-            async with self._client.stream(
-                "GET", url, headers={"Accept": ACCEPT}, timeout=self.timeout
-            ) as response:
+            async with self._client.stream("GET", url, headers=headers, timeout=self.timeout) as response:
                 if response.is_redirect:
                     target = urljoin(url, response.headers.get("location", ""))
                     if urlsplit(target).netloc != origin:
@@ -122,17 +108,18 @@ class EndpointScraper:
                     continue
                 if response.status_code != 200:
                     raise ScrapeError("http_status", f"HTTP {response.status_code} from {display_url(url)}")
-                return await self._read_capped(response)
+                return await self._read_capped(response), response.headers.get("content-encoding", "")
         raise ScrapeError("redirect", f"more than {MAX_REDIRECTS} redirects")
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The raw body, read as a stream and cut at the cap (the worker inflates it, capped again)."""
         cap = self.config.max_body_bytes
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise ScrapeError("too_large", f"page of {int(declared)} bytes is over the {cap}-byte cap")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():
             size += len(chunk)
             if size > cap:
                 raise ScrapeError("too_large", f"page is over the {cap}-byte cap; stopped reading")
@@ -141,20 +128,49 @@ class EndpointScraper:
 
     # -- one tick -------------------------------------------------------------------------------------
     async def scrape(self) -> EndpointSample:
+        """This tick's sample; returns within `timeout` (fetch and parse together) and never raises."""
         started = self._clock()
+        phase = "fetch"
         try:
-            body = await asyncio.wait_for(self._fetch(), timeout=self.timeout)
-            sample = self._interpret(body, started)
+            body, encoding = await asyncio.wait_for(self._fetch(), timeout=self.timeout)
+            phase = "parse"
+            remaining = started + self.timeout - self._clock()
+            result = await self.worker.interpret(self._job(body, encoding), remaining)
+            sample = self._interpret(result, started)
         except ScrapeError as exc:
             sample = self._failed(exc.reason, str(exc), started)
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            sample = self._failed("timeout", f"no answer within {self.timeout:g} s", started)
+            if phase == "fetch":
+                message = f"no answer within {self.timeout:g} s"
+            else:
+                message = f"page not read within {self.timeout:g} s (fetch and parse)"
+            sample = self._failed("timeout", message, started)
         except httpx.ConnectError as exc:
             sample = self._failed("connect", f"cannot connect to {self.url}: {_reason(exc)}", started)
         except httpx.HTTPError as exc:
             sample = self._failed("http", f"{type(exc).__name__}: {_reason(exc)}", started)
+        except WorkerFailed as exc:
+            sample = self._failed("internal", str(exc), started)
+        except Exception as exc:  # a bug must cost this endpoint one tick, never the other endpoints
+            log.debug("endpoint %s: scrape failed unexpectedly", self.config.name, exc_info=True)
+            sample = self._failed("internal", f"{type(exc).__name__}: {_reason(exc)}", started)
         self._log_state(sample)
         return sample
+
+    def _job(self, body: bytes, encoding: str) -> PageJob:
+        config = self.config
+        return PageJob(
+            body=body,
+            content_encoding=encoding,
+            engine=config.engine,
+            detected=self._detected,
+            mapping=tuple(config.mapping.items()) if config.mapping else (),
+            unit=config.unit,
+            model_labels=(config.model_label,) if config.model_label else (),
+            max_body_bytes=config.max_body_bytes,
+            max_models=config.max_models,
+            max_label_length=config.max_label_length,
+        )
 
     def _failed(self, reason: str, message: str, started: float) -> EndpointSample:
         self._errors[reason] += 1
@@ -168,74 +184,52 @@ class EndpointScraper:
             timestamp=started,
             duration_seconds=self._clock() - started,
             errors_total=tuple(sorted(self._errors.items())),
+            dropped_total=tuple(sorted(self._dropped.items())),
             resets_total=self._resets,
         )
 
     def _engine_name(self) -> str:
-        if self._fixed_profile is not None:
-            return self._fixed_profile.name
-        return self._detected or "unknown"
+        return self._fixed_engine or self._detected or "unknown"
 
-    def _parse(self, text: str) -> tuple[EngineProfile, ParseResult]:
-        """Parse only what the endpoint's profile reads; for `auto`, the profile detected last time.
-
-        Detection needs every engine's names (on a vLLM page that is every histogram bucket, ~7× the
-        work), so the broad parse runs only until an engine is detected and again when the detected
-        engine's metrics vanish from the page.
-        """
-        profile = self._fixed_profile or (PROFILES[self._detected] if self._detected else None)
-        if profile is not None:
-            parsed = parse_selected(text, profile.wanted_names() | {PROCESS_START})
-            if self._fixed_profile is not None or any(s.name != PROCESS_START for s in parsed.samples):
-                return profile, parsed
-        parsed = parse_selected(
-            text, lambda name: name in ALL_PROFILE_NAMES or name == PROCESS_START or is_detection_name(name)
-        )
-        return self._detect([s.name for s in parsed.samples]), parsed
-
-    def _detect(self, names: Sequence[str]) -> EngineProfile:
-        detected = detect_engine(names)
-        if detected is None:
-            raise ScrapeError("no_engine", "no known engine's metrics on the page (set `engine` explicitly)")
-        if detected != self._detected:
+    def _interpret(self, result: PageResult, started: float) -> EndpointSample:
+        """The worker's reading of the page as this tick's sample (state: counts, detection, resets)."""
+        if result.detected != self._detected and result.detected is not None:
             if self._detected is not None:
                 log.warning(
-                    "endpoint %s: engine changed from %s to %s", self.config.name, self._detected, detected
+                    "endpoint %s: engine changed from %s to %s",
+                    self.config.name,
+                    self._detected,
+                    result.detected,
                 )
-            self._detected = detected
-        return PROFILES[detected]
-
-    def _interpret(self, body: bytes, started: float) -> EndpointSample:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ScrapeError("decode", f"page is not UTF-8 (byte {exc.start})") from None
-        profile, parsed = self._parse(text)
-        if parsed.malformed:
-            self._errors["malformed_line"] += parsed.malformed
+            self._detected = result.detected
+        if result.malformed:
+            self._errors["malformed_line"] += result.malformed
             log.debug(
                 "endpoint %s: %d malformed line(s), first: %s",
                 self.config.name,
-                parsed.malformed,
-                parsed.first_error,
+                result.malformed,
+                result.first_error,
             )
-        values = tuple(normalize(profile, parsed.samples))
-        if not values:
-            raise ScrapeError("no_metrics", f"no {profile.name} metrics on the page (wrong engine or URL?)")
-        self._track_counters(values)
-        start_times = [s.value for s in parsed.samples if s.name == PROCESS_START]
+        if result.error_reason is not None:
+            raise ScrapeError(result.error_reason, result.error or result.error_reason)
+        self._dropped.update(dict(result.dropped))
+        if result.dropped:
+            log.debug("endpoint %s: series left out: %s", self.config.name, dict(result.dropped))
+        self._track_counters(result.values)
+        engine = result.engine or self._engine_name()
         return EndpointSample(
             name=self.config.name,
-            engine=profile.name,
+            engine=engine,
             url=self.url,
-            unit=profile.work_unit if profile.name == ENGINE_GENERIC else "tokens",
+            unit=self.config.unit if engine == ENGINE_GENERIC else "tokens",
             up=True,
             timestamp=started,
             duration_seconds=self._clock() - started,
-            values=values,
+            values=result.values,
             errors_total=tuple(sorted(self._errors.items())),
+            dropped_total=tuple(sorted(self._dropped.items())),
             resets_total=self._resets,
-            process_start_time_seconds=max(start_times) if start_times else None,
+            process_start_time_seconds=result.process_start_time_seconds,
         )
 
     def _track_counters(self, values: tuple[EndpointValue, ...]) -> None:
@@ -300,10 +294,18 @@ class EndpointsSource(Source):
         self.scrapers = [
             EndpointScraper(config, self._client, clock, tick_budget_seconds) for config in endpoints
         ]
+        # The worker processes are forked now, before the first tick (the first one also starts the fork
+        # server, ~0.1 s); one that cannot start is retried at each scrape, which reports why.
+        for scraper in self.scrapers:
+            try:
+                scraper.worker.start()
+            except WorkerFailed as exc:
+                log.warning("endpoint %s: %s", scraper.config.name, exc)
 
     async def collect(self) -> Collected:
         samples = await asyncio.gather(*(scraper.scrape() for scraper in self.scrapers))
         return Collected(endpoints=tuple(samples))
 
     async def close(self) -> None:
+        await asyncio.gather(*(scraper.worker.close() for scraper in self.scrapers))
         await self._client.aclose()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 from engine_server import engine_server, fixture
 
-from exporter.config import EndpointConfig
+from exporter.config import ConfigError, EndpointConfig, load_config
 from exporter.model import EndpointSample
 from exporter.sources.endpoints import EndpointsSource, display_url
 
@@ -311,3 +314,154 @@ def test_generic_endpoint_with_images() -> None:
 
 def test_display_url_strips_credentials() -> None:
     assert display_url("http://user:secret@host:8000/metrics?x=1") == "http://host:8000/metrics?x=1"
+
+
+# -- hostile pages (issue 13): the time limit covers the parse, one endpoint never touches another -------
+
+
+def slow_page(size: int = 3 * 1024 * 1024) -> bytes:
+    """Valid vLLM lines under the default 4 MiB cap that take ~0.5 s or more to parse."""
+    labels = ",".join(f'l{k}=""' for k in range(20))
+    line = f'vllm:generation_tokens_total{{{labels},model_name="m"}} 1\n'.encode()
+    return line * (size // len(line))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_parse_past_the_time_limit_is_a_timeout_its_worker_killed_and_the_others_kept() -> None:
+    with engine_server(slow_page()) as slow, engine_server(vllm_page(2)) as fast:
+
+        async def run() -> tuple[float, int, int, tuple[EndpointSample, ...], EndpointSample]:
+            source = EndpointsSource(
+                [
+                    endpoint(slow.url, name="slow", engine="vllm", timeout_seconds=0.2),
+                    endpoint(fast.url, name="fast", engine="vllm"),
+                ]
+            )
+            try:
+                worker = source.scrapers[0].worker
+                first_pid = worker.pid
+                started = time.monotonic()
+                samples = (await source.collect()).endpoints
+                elapsed = time.monotonic() - started
+                slow.behaviour.body = vllm_page(7)  # the engine recovers: a fresh worker reads its page
+                again = (await source.collect()).endpoints[0]
+                assert first_pid is not None and worker.pid is not None
+                return elapsed, first_pid, worker.pid, samples, again
+            finally:
+                await source.close()
+
+        elapsed, first_pid, second_pid, (slow_sample, fast_sample), again = asyncio.run(run())
+    assert elapsed < 0.5  # the 0.2 s limit, not the ~1 s parse
+    assert not slow_sample.up and slow_sample.values == ()
+    assert slow_sample.error == "page not read within 0.2 s (fetch and parse)"
+    assert errors(slow_sample) == {"timeout": 1}
+    assert fast_sample.up and values(fast_sample)[("generation_tokens_total", "m", None)] == 2.0
+    assert second_pid != first_pid
+    deadline = time.monotonic() + 2
+    while alive(first_pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(first_pid)  # killed, not left parsing
+    assert again.up and values(again)[("generation_tokens_total", "m", None)] == 7.0
+
+
+def test_a_gzip_bomb_is_too_large_and_the_other_endpoint_keeps_its_series() -> None:
+    line = b'vllm:num_requests_running{model_name="m"} 1\n'
+    bomb = gzip.compress(line * (15 * 1024 * 1024 // len(line)), compresslevel=9)
+    assert len(bomb) < 100_000
+    with (
+        engine_server(bomb, headers={"Content-Encoding": "gzip"}) as hostile,
+        engine_server(vllm_page(3)) as healthy,
+    ):
+        bombed, kept = scrape(
+            endpoint(hostile.url, name="bomb", engine="vllm"), endpoint(healthy.url, name="ok", engine="vllm")
+        )
+    assert not bombed.up and errors(bombed) == {"too_large": 1}
+    assert "inflates to over the 4194304-byte cap" in (bombed.error or "")
+    assert kept.up and values(kept)[("generation_tokens_total", "m", None)] == 3.0
+
+
+def test_dropped_series_are_counted_cumulatively() -> None:
+    page = vllm_page(5, extra='vllm:generation_tokens_total{model_name="broken"} NaN\n')
+    with engine_server(page) as server:
+
+        async def run() -> list[EndpointSample]:
+            source = EndpointsSource([endpoint(server.url, engine="vllm")])
+            try:
+                return [(await source.collect()).endpoints[0] for _ in range(2)]
+            finally:
+                await source.close()
+
+        first, second = asyncio.run(run())
+    assert first.up and second.up
+    assert first.dropped_total == (("invalid_value", 1),)
+    assert second.dropped_total == (("invalid_value", 2),)
+    assert {v.model for v in second.values} == {"m"}
+
+
+def test_a_dead_worker_is_replaced_and_close_ends_every_worker() -> None:
+    with engine_server(vllm_page(4)) as server:
+
+        async def run() -> tuple[list[int], list[EndpointSample], list[int | None]]:
+            source = EndpointsSource([endpoint(server.url, name=f"e{i}", engine="vllm") for i in range(2)])
+            pids = [pid for scraper in source.scrapers if (pid := scraper.worker.pid) is not None]
+            try:
+                os.kill(pids[0], signal.SIGKILL)  # the OOM killer, say
+                await asyncio.sleep(0.05)
+                samples = list((await source.collect()).endpoints)
+                new = [scraper.worker.pid for scraper in source.scrapers]
+            finally:
+                await source.close()
+            return pids + [p for p in new if p is not None], samples, [s.worker.pid for s in source.scrapers]
+
+        pids, samples, after_close = asyncio.run(run())
+    assert all(sample.up for sample in samples)
+    assert len(set(pids)) == 3  # two workers, and one fork replacing the killed one
+    assert after_close == [None, None]
+    deadline = time.monotonic() + 2
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_an_unexpected_failure_costs_only_its_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    with engine_server(vllm_page(1)) as broken, engine_server(vllm_page(2)) as fine:
+        source = EndpointsSource(
+            [
+                endpoint(broken.url, name="broken", engine="vllm"),
+                endpoint(fine.url, name="fine", engine="vllm"),
+            ]
+        )
+
+        async def explode(job: object, timeout: float) -> None:
+            raise RuntimeError("a bug\nwith a second line")
+
+        monkeypatch.setattr(source.scrapers[0].worker, "interpret", explode)
+        first, second = scrape(source=source)
+        asyncio.run(source.scrapers[0].worker.close())
+        asyncio.run(source.scrapers[1].worker.close())
+    assert not first.up and errors(first) == {"internal": 1}
+    assert first.error == "RuntimeError: with a second line"
+    assert second.up
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("max_models: 0", "endpoints.0.max_models: Input should be greater than or equal to 1 (got 0)"),
+        ("max_label_length: 8", "endpoints.0.max_label_length: Input should be greater than or equal to 16"),
+        ("max_body_bytes: 1073741824", "endpoints.0.max_body_bytes: Input should be less than or equal to"),
+    ],
+)
+def test_page_limits_are_validated_with_one_line(tmp_path: Path, setting: str, expected: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"endpoints:\n  - name: e\n    url: http://127.0.0.1:1/metrics\n    {setting}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config, {})
+    assert str(caught.value).startswith(expected) and "\n" not in str(caught.value)

@@ -17,6 +17,9 @@ from exporter.derive.bound import Thresholds, classify_bound
 from exporter.engines import PROFILES, generic_profile
 from exporter.model import (
     BOUND_STATES,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_LABEL_LENGTH,
+    DEFAULT_MAX_MODELS,
     ENDPOINT_COUNTER_FIELDS,
     ENDPOINT_ENGINES,
     ENDPOINT_FIELD_NAMES,
@@ -129,7 +132,9 @@ def test_log_levels_and_sizes_are_defined_once() -> None:
     (flag,) = [action for action in serve._actions if action.dest == "log_level"]
     assert tuple(flag.choices or ()) == LOG_LEVELS
     assert (MIB, GIB) == (2**20, 2**30)
-    assert EndpointConfig.model_fields["max_body_bytes"].default == 16 * 2**20
+    assert EndpointConfig.model_fields["max_body_bytes"].default == DEFAULT_MAX_BODY_BYTES == 4 * 2**20
+    assert EndpointConfig.model_fields["max_models"].default == DEFAULT_MAX_MODELS == 100
+    assert EndpointConfig.model_fields["max_label_length"].default == DEFAULT_MAX_LABEL_LENGTH == 256
 
 
 def test_scenario_specs_are_exactly_the_scenario_names() -> None:
