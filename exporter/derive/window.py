@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from exporter.derive.bound import EVIDENCE_RATIOS, bound_evidence, classify_bound, evidence_from
 from exporter.model import (
+    ENDPOINT_FIELDS_BY_NAME,
     WINDOWED_COUNTER_FIELDS,
     Derived,
     DerivedEndpoint,
@@ -60,10 +61,16 @@ def counter_increase(previous: float, current: float) -> float:
 
 
 def counter_series(sample: EndpointSample, field_name: str) -> dict[tuple[str, str | None], float]:
-    """The endpoint's series of one counter field, keyed by (model, outcome); duplicates are summed."""
+    """The endpoint's series of one counter field, keyed by (model, outcome); duplicates are summed.
+
+    The source leaves out values that are not readings of their field (`exporter.sources.page`); one that
+    gets here anyway (NaN, ±Inf, negative, past 2**53) is skipped too: no increase is ever taken of it, so
+    the running totals stay finite.
+    """
+    valid = ENDPOINT_FIELDS_BY_NAME[field_name].valid
     series: dict[tuple[str, str | None], float] = {}
     for value in sample.values:
-        if value.field == field_name and math.isfinite(value.value):
+        if value.field == field_name and valid(value.value):
             key = (value.model, value.outcome)
             series[key] = series.get(key, 0.0) + value.value
     return series
@@ -584,10 +591,15 @@ def derive_endpoint(name: str, first: Mark, last: Frame, site: Site = Site()) ->
         unit=unit,
         gpus=last.attributions.get(name, ()),
         window_seconds=seconds,
-        energy_joules=joules,
-        power_watts=power,
-        **values,
+        energy_joules=_finite(joules),
+        power_watts=_finite(power),
+        **{key: _finite(value) for key, value in values.items()},
     )
+
+
+def _finite(value: float | None) -> float | None:
+    """The value, or None (absent) if it is not finite: a derived value is never NaN or ±Inf."""
+    return value if value is None or math.isfinite(value) else None
 
 
 def _gpm_mean(sums: Sums, key: str) -> float | None:

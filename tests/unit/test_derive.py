@@ -735,3 +735,47 @@ def test_energy_counter_starts_at_zero_once_gpus_are_known_and_is_absent_before(
     assert run(deriver, [pending]).energy_totals == ()
     assert _totals(run(deriver, [first])) == {"llm": ("llama", 0.0)}  # a step, but no GPUs known before
     assert _totals(run(deriver, [second])) == {"llm": ("llama", 150.0)}
+
+
+# --- hostile values that reach the stage anyway (the source leaves them out: exporter.sources.page) ------
+
+hostile_value = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, -3.0, 1e308, 2.0**60, 0.0]),
+    st.floats(0, 1e6),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(hostile_value, hostile_value, hostile_value), min_size=2, max_size=12))
+def test_hostile_counter_values_never_make_a_derived_value_non_finite(
+    ticks: list[tuple[float, float, float]],
+) -> None:
+    snapshots = [
+        snap(
+            t,
+            [gpu(0, t, energy=1e6 + 400.0 * t)],
+            [endpoint(t, generated=generated, prompt=prompt, requests={"success": requests})],
+        )
+        for t, (generated, prompt, requests) in enumerate(ticks)
+    ]
+    derived = run(Deriver(window=1000, site=Site(0.1, "USD", 1.2, 300)), snapshots)
+    for item in (*derived.endpoints, *derived.gpus, *derived.energy_totals):
+        for name in item.__dataclass_fields__:
+            value = getattr(item, name)
+            if isinstance(value, float):
+                assert math.isfinite(value) and value >= 0, (name, value)
+
+
+@pytest.mark.parametrize("broken", [math.inf, math.nan, -3.0, 1e300, 2.0**60])
+def test_a_broken_token_reading_is_no_step_never_a_tiny_joules_per_token(broken: float) -> None:
+    """Tokens 10, 20, broken, 40 at 400 W: only the step 10 → 20 counts; the two around the broken reading
+    do not (a huge one would make joules per token ~0, a negative one a reset with a negative increase)."""
+    tokens = [10.0, 20.0, broken, 40.0]
+    snapshots = [
+        snap(t, [gpu(0, t, energy=1e6 + 400.0 * t)], [endpoint(t, generated=value)])
+        for t, value in enumerate(tokens)
+    ]
+    derived = only_endpoint(run(Deriver(window=1000), snapshots))
+    assert derived.joules_per_token == pytest.approx(40.0)
+    assert derived.tokens_per_joule == pytest.approx(1 / 40)
+    assert derived.generation_tokens_per_second == pytest.approx(10.0)
