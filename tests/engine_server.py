@@ -22,6 +22,7 @@ class Behaviour:
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     stream_forever: bool = False  # chunked body that never ends (tests the size cap)
+    trickle_seconds: float = 0.0  # send the body 16 bytes at a time, this long apart (tests the time limit)
     requests: int = 0
 
 
@@ -55,7 +56,13 @@ class EngineServer:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
-                    self.wfile.write(body)
+                    if state.trickle_seconds:
+                        for start in range(0, len(body), 16):
+                            self.wfile.write(body[start : start + 16])
+                            self.wfile.flush()
+                            time.sleep(state.trickle_seconds)
+                    else:
+                        self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     return
 

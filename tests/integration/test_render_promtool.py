@@ -172,6 +172,14 @@ def nvml_node_expositions(ticks: int) -> list[Exposition]:
     generic_page = b"# TYPE images_generated_total counter\nimages_generated_total 12\nqueue_depth 3\n"
     servers = [EngineServer(Behaviour(body=path.read_bytes())) for path in fixtures]
     generic = EngineServer(Behaviour(body=generic_page))
+    # Series left out for each reason: an invalid value, a long model name, models past the cap.
+    hostile_page = (
+        'vllm:generation_tokens_total{model_name="a"} 5\nvllm:generation_tokens_total{model_name="b"} NaN\n'
+        'vllm:num_requests_running{model_name="b"} 1\nvllm:kv_cache_usage_perc{model_name="a"} +Inf\n'
+        f'vllm:generation_tokens_total{{model_name="{"x" * 40}"}} 1\n'
+        'vllm:num_requests_running{model_name="c"} 2\n'
+    ).encode()
+    hostile = EngineServer(Behaviour(body=hostile_page))
     try:
         endpoints = [
             EndpointConfig(name=path.stem, url=server.url, engine="auto", gpus=[index % 2])
@@ -195,6 +203,9 @@ def nvml_node_expositions(ticks: int) -> list[Exposition]:
                 name="gone", url=f"http://127.0.0.1:{free_port()}/metrics", engine="vllm", gpus=[1]
             ),
             EndpointConfig(name="starting", url=servers[0].url, engine="auto", gpus="auto"),
+            EndpointConfig(
+                name="hostile", url=hostile.url, engine="vllm", gpus=[0], max_models=2, max_label_length=32
+            ),
         ]
         # `gpus: auto` finds the listener, not yet on a GPU: pending for the grace period
         daemon = daemon_for(
@@ -205,7 +216,7 @@ def nvml_node_expositions(ticks: int) -> list[Exposition]:
         )
         return asyncio.run(run_ticks(daemon, clock, ticks))
     finally:
-        stop_together([server.close for server in (*servers, generic)])
+        stop_together([server.close for server in (*servers, generic, hostile)])
 
 
 def test_nvml_node_with_every_engine_profile_lints(app: App) -> None:
@@ -222,7 +233,14 @@ def test_nvml_node_with_every_engine_profile_lints(app: App) -> None:
     fixtures = {path.stem for path in FIXTURES.glob("*.prom")}
     assert {name: ups[name] for name in fixtures} == dict.fromkeys(fixtures, 1.0)  # every page was read
     assert {"vllm", "sglang", "tgi", "triton", "llamacpp", "generic"} <= engines
-    assert ups["gone"] == 0 and ups["images"] == 1
+    assert ups["gone"] == 0 and ups["images"] == 1 and ups["hostile"] == 1
+    dropped = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in values.items()
+        if name == "tpw_endpoint_dropped_series_total" and dict(labels)["endpoint"] == "hostile"
+    }
+    # per tick: b's NaN tokens and a's +Inf KV usage, the long name's tokens, and c's running (third model)
+    assert dropped == {"invalid_value": 6, "label_too_long": 3, "too_many_series": 3}
     assert values[("tpw_endpoint_attribution_pending", (("endpoint", "starting"),))] == 1
     assert values[("tpw_gpu_up", (("gpu", "2"),))] == 0
     assert ("tpw_gpu_tensor_active_ratio", (("gpu", "0"),)) in values  # GPM on the last tick
