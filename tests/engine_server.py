@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
 
@@ -24,6 +26,14 @@ class Behaviour:
     stream_forever: bool = False  # chunked body that never ends (tests the size cap)
     trickle_seconds: float = 0.0  # send the body 16 bytes at a time, this long apart (tests the time limit)
     requests: int = 0
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that hang up early (a scraper past its time limit or size cap) are expected, not printed."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 class EngineServer:
@@ -69,7 +79,7 @@ class EngineServer:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
