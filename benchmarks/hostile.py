@@ -4,6 +4,7 @@
     python benchmarks/hostile.py --seconds 5 --cases gzip-bomb,hung
     python benchmarks/hostile.py --together               # every hostile endpoint in one exporter at once
     python benchmarks/hostile.py --tree /path/to/checkout # the same against another checkout (a baseline)
+    python benchmarks/hostile.py --gil                    # why not parse in a thread: GIL contention
 
 Each case starts `python -m exporter demo` (2 simulated GPUs and the demo's own vLLM engine) with two more
 endpoints served over HTTP on loopback: `healthy`, a vLLM page whose counters advance, and the case's
@@ -33,6 +34,7 @@ import http.client
 import math
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -426,6 +428,32 @@ def run_cases(
     return rows
 
 
+def gil_contention() -> None:
+    """Why pages are not parsed in a thread of the collector (exporter/sources/page_workers.py): 300 calls
+    of 0.1 ms that release the GIL, the shape of the NVML source's per-GPU reads, alone and beside one
+    thread parsing a 4 MiB page of vLLM lines."""
+    sys.path.insert(0, str(REPO))
+    from exporter.engines import PROFILES
+    from exporter.promtext import parse_selected
+
+    text = valid_vllm(4 * MIB).decode()
+    wanted = PROFILES["vllm"].wanted_names()
+
+    def calls(count: int = 300) -> float:
+        started = time.perf_counter()
+        for _ in range(count):
+            time.sleep(0.0001)  # a 0.1 ms call that releases the GIL, as an NVML call into the driver does
+        return (time.perf_counter() - started) * 1000
+
+    alone = min(calls() for _ in range(5))
+    parser = threading.Thread(target=parse_selected, args=(text, wanted))
+    parser.start()
+    time.sleep(0.05)
+    beside = calls()
+    parser.join()
+    print(f"300 GIL-releasing calls: {alone:.1f} ms alone, {beside:.1f} ms beside one thread parsing 4 MiB")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per exporter run")
@@ -433,7 +461,11 @@ def main() -> int:
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     parser.add_argument("--together", action="store_true", help="every hostile endpoint in one exporter")
     parser.add_argument("--tree", type=Path, default=REPO, help="checkout whose exporter runs")
+    parser.add_argument("--gil", action="store_true", help="only measure GIL contention from a parse thread")
     args = parser.parse_args()
+    if args.gil:
+        gil_contention()
+        return 0
     wanted = [name for name in args.cases.split(",") if name]
     unknown = set(wanted) - {case.name for case in CASES}
     if unknown:

@@ -9,10 +9,11 @@ Two other designs were weighed:
 
 * a thread that parses with a cooperative deadline (checked every N lines). It bounds the parse, but a
   CPU-bound Python thread holds the GIL in 5 ms slices, and every other thread of the collector queues
-  behind it: 300 short GIL-releasing calls, the shape of the NVML source's per-GPU reads, took 0.5 ms
-  alone and 52 ms beside one thread parsing a 4 MB page. A hostile endpoint would slow the GPU reads past
-  their own time limit: one endpoint could blind the GPUs. A thread also cannot be stopped, so the
-  deadline is only as good as the check's placement (one 4 MiB line, one huge regex);
+  behind it: 300 calls of 0.1 ms that release the GIL, the shape of the NVML source's per-GPU reads, took
+  55 ms alone and about 500 ms beside one thread parsing a 4 MiB page (`benchmarks/hostile.py --gil`). A
+  hostile endpoint would slow the GPU reads past their own time limit: one endpoint could blind the GPUs.
+  A thread also cannot be stopped, so the deadline is only as good as the check's placement (one 4 MiB
+  line, one huge regex);
 * a process per parse (spawn or fork each time): correct, but 80 ms to start an interpreter each tick.
 
 So each endpoint has one persistent worker process. Workers are forked from a small fork server
