@@ -40,6 +40,7 @@ from exporter.model import (
     ENGINE_GENERIC,
     LOG_LEVELS,
     MIB,
+    PROFILING_SOURCES,
     SCENARIO_NAMES,
     Site,
     Thresholds,
@@ -353,6 +354,56 @@ class SiteConfig(_Strict):
         return Site(**self.model_dump())
 
 
+ProfilingSource = Literal[PROFILING_SOURCES]  # type: ignore[valid-type]
+
+
+class ProfilingConfig(_Strict):
+    """Where the GPUs' profiling ratios come from: NVML GPM, or a dcgm-exporter page (docs/metrics.md)."""
+
+    source: ProfilingSource = Field(
+        "auto",
+        description="auto: GPM on GPUs that support it, dcgm-exporter (`url`) for the others; gpm: GPM only; "
+        "dcgm-exporter: every GPU from `url`, no GPM calls; off: no profiling metrics.",
+    )
+    url: str | None = Field(
+        None, description="dcgm-exporter's metrics page, e.g. http://localhost:9400/metrics."
+    )
+    timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=60,
+        description="Time limit for reading the page (fetch and parse); default and cap: 80% of `interval`.",
+    )
+    max_body_bytes: int = Field(
+        16 * MIB,
+        ge=1024,
+        le=256 * MIB,
+        description="Largest page accepted (read as a stream, cut off at the cap).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ProfilingConfig:
+        if self.source == "dcgm-exporter" and self.url is None:
+            raise ValueError(
+                "source dcgm-exporter needs `url`, dcgm-exporter's metrics page such as "
+                "http://localhost:9400/metrics"
+            )
+        if self.source in ("gpm", "off") and self.url is not None:
+            raise ValueError(f"`url` is only read with source auto or dcgm-exporter, not {self.source}")
+        return self
+
+    def effective_timeout(self, tick_budget_seconds: float) -> float:
+        """The page's time limit: `timeout_seconds`, capped at the tick's budget."""
+        return min(self.timeout_seconds or tick_budget_seconds, tick_budget_seconds)
+
+
 class Config(_Strict):
     """Everything the daemon needs; see `tpw-exporter check-config` for the effective values."""
 
@@ -366,6 +417,7 @@ class Config(_Strict):
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     derive: DeriveConfig = DeriveConfig()
     site: SiteConfig = SiteConfig()
+    profiling: ProfilingConfig = ProfilingConfig()
 
     @field_validator("listen_address")
     @classmethod

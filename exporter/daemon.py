@@ -99,11 +99,17 @@ class Daemon:
         results = await asyncio.gather(*(self._collect(source) for source in self.sources))
         gpus: list[GpuSample] = []
         endpoints: list[EndpointSample] = []
+        statuses = [status for _, status in results]
         for collected, _ in results:
             if collected is None:
                 continue
             gpus.extend(collected.gpus)
             endpoints.extend(collected.endpoints)
+            for status in collected.statuses:  # what a source read on its behalf (a dcgm-exporter page)
+                statuses.append(status)
+                self._log_change(
+                    self._source_up, status.name, status.up, f"source {status.name}", status.error
+                )
             if collected.node is not None:
                 self._node = collected.node
         for gpu in gpus:
@@ -116,7 +122,7 @@ class Daemon:
             duration_seconds=0.0,
             gpus=tuple(sorted(gpus, key=lambda g: g.info.index)),
             endpoints=tuple(endpoints),
-            sources=tuple(status for _, status in results),
+            sources=tuple(statuses),
             node=self._node,
         )
         for stage in self.stages:

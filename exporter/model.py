@@ -41,7 +41,17 @@ PROFILING_RATIOS: tuple[str, ...] = (
     "fp32_active",
     "fp64_active",
 )
-PROFILING_RATES: tuple[str, ...] = ("pcie_rx_bytes_per_second", "pcie_tx_bytes_per_second")
+PROFILING_RATES: tuple[str, ...] = (
+    "pcie_rx_bytes_per_second",
+    "pcie_tx_bytes_per_second",
+    "nvlink_rx_bytes_per_second",  # dcgm-exporter's DCGM_FI_PROF_NVLINK_RX_BYTES only (not read through GPM)
+    "nvlink_tx_bytes_per_second",
+)
+# Where a GPU's `Profiling` came from (`profiling.source` picks them; tpw_gpu_profiling_source_info).
+PROFILING_SOURCE_GPM = "gpm"  # NVML GPM (Hopper and newer); also what the demo node simulates
+PROFILING_SOURCE_DCGM = "dcgm-exporter"  # the DCGM_FI_PROF_* series of a dcgm-exporter page
+# The `profiling.source` setting: auto = GPM where the GPU supports it, dcgm-exporter for the others.
+PROFILING_SOURCES: tuple[str, ...] = ("auto", PROFILING_SOURCE_GPM, PROFILING_SOURCE_DCGM, "off")
 
 # Roofline bound of a GPU over the derive window (`exporter.derive.bound.classify_bound`), in the order
 # tpw_gpu_bound lists them, and the window-mean evidence ratios the classification reads.
@@ -224,11 +234,18 @@ class GpuInfo:
 
 @dataclass(frozen=True, slots=True)
 class Profiling:
-    """GPM metrics over the window between two GPM samples (ratios 0..1, rates in bytes/s)."""
+    """Profiling metrics over the window between two samples (ratios 0..1, rates in bytes/s).
+
+    From GPM (`source` "gpm": the window between two GPM samples) or a dcgm-exporter page ("dcgm-exporter":
+    its latest DCGM values, the window the time since the previous read). `mig_instances` > 0: no whole-GPU
+    values were on the page, these combine that many MIG instances' (`exporter.sources.dcgm_exporter`).
+    """
 
     window_seconds: float
     ratios: dict[str, float] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
+    source: str = PROFILING_SOURCE_GPM
+    mig_instances: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from exporter.config import Config, ConfigError, EndpointConfig
 from exporter.derive.window import Deriver
-from exporter.sources.base import Source, SourceError
+from exporter.sources.base import ExternalProfiler, Source, SourceError
 
 if TYPE_CHECKING:
     from exporter.daemon import Daemon
@@ -61,10 +61,11 @@ def build_node(config: Config, command: str) -> Node:
         from exporter.sources.nvml import DeviceSelectionError, NvmlSource
 
         gpu_source = NvmlSource(
-            profiling=config.nvml.profiling,
+            profiling=config.nvml.profiling and config.profiling.source in ("auto", "gpm"),
             gpu_timeout_seconds=config.nvml.gpu_timeout_seconds or config.tick_budget_seconds,
             retry_max_seconds=config.nvml.retry_max_seconds,
             devices=config.nvml.devices,
+            external_profiler=build_profiler(config),
         )
         try:  # open the GPUs now, so that a device the node lacks is a start-up error, not a log line
             gpu_source.initialise()
@@ -78,6 +79,20 @@ def build_node(config: Config, command: str) -> Node:
 
         sources.append(EndpointsSource(endpoints, tick_budget_seconds=config.tick_budget_seconds))
     return Node(sources, endpoints, stop)
+
+
+def build_profiler(config: Config) -> ExternalProfiler | None:
+    """dcgm-exporter as the profiling source of the GPUs without GPM (`profiling`), or None."""
+    profiling = config.profiling
+    if profiling.url is None or profiling.source not in ("auto", "dcgm-exporter"):
+        return None
+    from exporter.sources.dcgm_exporter import DcgmExporterProfiler
+
+    return DcgmExporterProfiler(
+        profiling.url,
+        timeout_seconds=profiling.effective_timeout(config.tick_budget_seconds),
+        max_body_bytes=profiling.max_body_bytes,
+    )
 
 
 def build_deriver(config: Config) -> Deriver:

@@ -50,16 +50,19 @@ GPU_GAUGES: GaugeTable[GpuSample] = (
 )
 
 PROFILING_HELP: dict[str, str] = {
-    "graphics_active": "GPM: fraction of the window in which the graphics/compute engine was active.",
-    "sm_active": "GPM: fraction of SMs busy, averaged over the window (SM activity).",
-    "sm_occupancy": "GPM: resident warps as a fraction of the theoretical maximum, averaged over the window.",
-    "tensor_active": "GPM: fraction of the window the SMs' tensor pipes (any precision) were active.",
-    "dram_bandwidth_utilization": "GPM: DRAM bandwidth used as a fraction of the theoretical peak.",
-    "fp16_active": "GPM: fraction of the window the non-tensor FP16 pipe was active.",
-    "fp32_active": "GPM: fraction of the window the non-tensor FP32 pipe was active.",
-    "fp64_active": "GPM: fraction of the window the non-tensor FP64 pipe was active.",
-    "pcie_rx_bytes_per_second": "GPM: PCIe traffic into the GPU over the window.",
-    "pcie_tx_bytes_per_second": "GPM: PCIe traffic out of the GPU over the window.",
+    "graphics_active": "Profiling: fraction of the window in which the graphics/compute engine was active.",
+    "sm_active": "Profiling: fraction of SMs busy, averaged over the window (SM activity).",
+    "sm_occupancy": "Profiling: resident warps as a fraction of the theoretical maximum, averaged over the "
+    "window.",
+    "tensor_active": "Profiling: fraction of the window the SMs' tensor pipes (any precision) were active.",
+    "dram_bandwidth_utilization": "Profiling: DRAM bandwidth used as a fraction of the theoretical peak.",
+    "fp16_active": "Profiling: fraction of the window the non-tensor FP16 pipe was active.",
+    "fp32_active": "Profiling: fraction of the window the non-tensor FP32 pipe was active.",
+    "fp64_active": "Profiling: fraction of the window the non-tensor FP64 pipe was active.",
+    "pcie_rx_bytes_per_second": "Profiling: PCIe traffic into the GPU over the window.",
+    "pcie_tx_bytes_per_second": "Profiling: PCIe traffic out of the GPU over the window.",
+    "nvlink_rx_bytes_per_second": "Profiling: NVLink traffic into the GPU (dcgm-exporter only).",
+    "nvlink_tx_bytes_per_second": "Profiling: NVLink traffic out of the GPU (dcgm-exporter only).",
 }
 
 
@@ -144,7 +147,8 @@ def _profiling_getter(key: str) -> Callable[[Profiling], float | None]:
 PROFILING_GAUGES: GaugeTable[Profiling] = (
     (
         "tpw_gpu_profiling_window_seconds",
-        "Length of the window the GPM metrics cover.",
+        "Length of the window the profiling metrics cover (GPM: between two GPM samples; dcgm-exporter: "
+        "since the previous read of its page, whose values are DCGM's latest).",
         lambda profiling: profiling.window_seconds,
     ),
     *(
@@ -156,6 +160,16 @@ PROFILING_GAUGES: GaugeTable[Profiling] = (
 
 def _profiling_families(gpus: list[GpuSample]) -> Iterator[Metric]:
     rows = [((str(gpu.info.index),), gpu.profiling) for gpu in gpus if gpu.profiling is not None]
+    source = InfoMetricFamily(
+        "tpw_gpu_profiling_source",
+        "Where the GPU's profiling ratios come from this tick: source gpm (NVML GPM) or dcgm-exporter "
+        "(profiling.url); scope gpu (whole-GPU values) or mig (combined from its MIG instances' values).",
+        labels=["gpu"],
+    )
+    for (label,), profiling in rows:
+        scope = "mig" if profiling.mig_instances else "gpu"
+        source.add_metric([label], {"source": profiling.source, "scope": scope})
+    yield source
     yield from table_families(PROFILING_GAUGES, ["gpu"], rows)
 
 

@@ -9,9 +9,11 @@ endpoint of three) reports the broken part inside its result (`up=False` on that
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from exporter.model import EndpointSample, GpuSample, NodeInfo
+from exporter.model import EndpointSample, GpuSample, NodeInfo, Profiling, SourceStatus
 
 
 class SourceError(Exception):
@@ -25,6 +27,31 @@ class Collected:
     gpus: tuple[GpuSample, ...] = ()
     endpoints: tuple[EndpointSample, ...] = ()
     node: NodeInfo | None = None
+    # Health of what the source read from on its behalf this tick (a dcgm-exporter page for the NVML
+    # source): each is a `tpw_source_up{source}` of its own beside the source's.
+    statuses: tuple[SourceStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalProfiles:
+    """What an external profiler read this tick: `Profiling` by GPU UUID (as `read` was given them), and its
+    health."""
+
+    status: SourceStatus
+    profiles: dict[str, Profiling] = field(default_factory=dict)
+
+
+class ExternalProfiler(Protocol):
+    """Profiling ratios from outside NVML (`exporter.sources.dcgm_exporter`), read in the NVML source's tick.
+
+    `read` returns within its own time limit and never raises: a failure is a status with `up` False.
+    """
+
+    name: str
+
+    async def read(self, uuids: Sequence[str]) -> ExternalProfiles: ...
+
+    async def close(self) -> None: ...
 
 
 class Source(ABC):

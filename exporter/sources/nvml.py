@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from exporter.model import MIB, GpuInfo, GpuSample, NodeInfo, Profiling
-from exporter.sources.base import Collected, Source, SourceError
+from exporter.sources.base import Collected, ExternalProfiler, ExternalProfiles, Source, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +369,11 @@ class NvmlSource(Source):
         retry_max_seconds: float = 60.0,
         devices: Sequence[DeviceId] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        external_profiler: ExternalProfiler | None = None,
     ) -> None:
         self._nvml_module = nvml
+        # Profiling for the GPUs that have no GPM (all of them when `profiling` is off): dcgm-exporter.
+        self._external = external_profiler
         self._profiling = profiling
         self._gpu_timeout = gpu_timeout_seconds
         self._retry_max = retry_max_seconds
@@ -469,14 +472,29 @@ class NvmlSource(Source):
     # -- one tick --------------------------------------------------------------------------------------
     async def collect(self) -> Collected:
         await self._ensure_initialised()
-        samples, profiles = await asyncio.gather(
-            asyncio.gather(*(self._read(reader) for reader in self._readers)), self._read_profiles()
+        samples, profiles, outside = await asyncio.gather(
+            asyncio.gather(*(self._read(reader) for reader in self._readers)),
+            self._read_profiles(),
+            self._read_external(),
         )
+        if outside is not None:
+            for sample in samples:
+                if sample.info.uuid in outside.profiles:
+                    profiles[sample.info.index] = outside.profiles[sample.info.uuid]
         merged = tuple(
             dataclasses.replace(sample, profiling=profiles.get(sample.info.index)) if sample.up else sample
             for sample in samples
         )
-        return Collected(gpus=merged, node=self._node)
+        statuses = (outside.status,) if outside is not None else ()
+        return Collected(gpus=merged, node=self._node, statuses=statuses)
+
+    async def _read_external(self) -> ExternalProfiles | None:
+        """The external profiler's reading for the GPUs without GPM, concurrently with the NVML reads (it
+        keeps to its own time limit); None without a profiler or when every GPU has GPM."""
+        uuids = [reader.info.uuid for reader in self._readers if not reader.info.profiling_supported]
+        if self._external is None or not uuids:
+            return None
+        return await self._external.read(uuids)
 
     async def _read(self, reader: GpuReader) -> GpuSample:
         index = reader.info.index
@@ -546,6 +564,8 @@ class NvmlSource(Source):
                 reader.close()
         self._readers = []
         self._shutdown_nvml()
+        if self._external is not None:
+            await self._external.close()
 
     def _shutdown_nvml(self) -> None:
         nvml = self._nvml_module
