@@ -33,7 +33,7 @@ from exporter.config import (
     unknown_env_variables,
 )
 from exporter.demo.scenarios import SCENARIOS
-from exporter.model import ENDPOINT_ENGINES, ENGINE_AUTO, ENGINE_GENERIC, LOG_LEVELS
+from exporter.model import COMPAT_FORMATS, ENDPOINT_ENGINES, ENGINE_AUTO, ENGINE_GENERIC, LOG_LEVELS
 
 EXIT_CONFIG_ERROR = 2
 log = logging.getLogger(__name__)
@@ -81,6 +81,12 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
         "so it is set in the config file); "
         "gpus: auto (default), all, or indices/UUIDs joined by '+' (gpus=0+1). "
         "Given --endpoint flags replace the config file's endpoint list.",
+    )
+    parser.add_argument(
+        "--compat",
+        metavar="FORMAT[,…]",
+        help=f"also serve another exporter's metric names: {', '.join(COMPAT_FORMATS)} (dcgm-exporter's "
+        "DCGM_FI_* names, units and labels; env TPW_COMPAT)",
     )
 
 
@@ -221,6 +227,8 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides["endpoints"] = [parse_endpoint_flag(text) for text in args.endpoint]
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if getattr(args, "compat", None) is not None:
+        overrides["compat"] = args.compat  # parsed and validated by Config
     nvml: dict[str, Any] = {}
     if getattr(args, "no_profiling", False):
         nvml["profiling"] = False

@@ -32,6 +32,8 @@ from pydantic import (
 )
 
 from exporter.model import (
+    COMPAT_FORMATS,
+    DCGM_HOSTNAME_LABELS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_LABEL_LENGTH,
     DEFAULT_MAX_MODELS,
@@ -355,6 +357,8 @@ class SiteConfig(_Strict):
 
 
 ProfilingSource = Literal[PROFILING_SOURCES]  # type: ignore[valid-type]
+CompatFormat = Literal[COMPAT_FORMATS]  # type: ignore[valid-type]
+DcgmHostnameLabel = Literal[DCGM_HOSTNAME_LABELS]  # type: ignore[valid-type]
 
 
 class ProfilingConfig(_Strict):
@@ -404,6 +408,29 @@ class ProfilingConfig(_Strict):
         return min(self.timeout_seconds or tick_budget_seconds, tick_budget_seconds)
 
 
+class DcgmCompatConfig(_Strict):
+    """dcgm-exporter's labels, for `compat: [dcgm]` (docs/metrics.md, "dcgm-exporter names")."""
+
+    hostname_label: DcgmHostnameLabel = Field(
+        "Hostname",
+        description="Hostname (every dcgm-exporter release up to 4.5.3-4.8.2), hostname (its main branch "
+        "since #655), or none (no such label, as dcgm-exporter --no-hostname).",
+    )
+    hostname: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="Its value; default $NODE_NAME, else this machine's host name (as dcgm-exporter does).",
+    )
+
+
+def parse_compat(value: Any) -> Any:
+    """`dcgm` or `dcgm,…` (a flag, an environment variable) → a list; other values are left to pydantic."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
 class Config(_Strict):
     """Everything the daemon needs; see `tpw-exporter check-config` for the effective values."""
 
@@ -418,12 +445,23 @@ class Config(_Strict):
     derive: DeriveConfig = DeriveConfig()
     site: SiteConfig = SiteConfig()
     profiling: ProfilingConfig = ProfilingConfig()
+    compat: list[CompatFormat] = Field(
+        default_factory=list,
+        description="Other exporters' metric names to serve too: dcgm (dcgm-exporter's DCGM_FI_* names, "
+        "units and labels).",
+    )
+    dcgm_compat: DcgmCompatConfig = DcgmCompatConfig()
 
     @field_validator("listen_address")
     @classmethod
     def _check_listen_address(cls, value: str) -> str:
         split_listen_address(value)
         return value
+
+    @field_validator("compat", mode="before")
+    @classmethod
+    def _parse_compat(cls, value: Any) -> Any:
+        return parse_compat(value)
 
     @field_validator("endpoints")
     @classmethod

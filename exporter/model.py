@@ -52,6 +52,11 @@ PROFILING_SOURCE_GPM = "gpm"  # NVML GPM (Hopper and newer); also what the demo 
 PROFILING_SOURCE_DCGM = "dcgm-exporter"  # the DCGM_FI_PROF_* series of a dcgm-exporter page
 # The `profiling.source` setting: auto = GPM where the GPU supports it, dcgm-exporter for the others.
 PROFILING_SOURCES: tuple[str, ...] = ("auto", PROFILING_SOURCE_GPM, PROFILING_SOURCE_DCGM, "off")
+# Other exporters' names and labels the exporter can also serve (`compat`): dcgm = dcgm-exporter's.
+COMPAT_FORMATS: tuple[str, ...] = ("dcgm",)
+# The label dcgm-exporter puts the node's name in: `Hostname` in every release up to 4.5.3-4.8.2,
+# `hostname` on its main branch since d5e5f51 (#655); "none" leaves it out (dcgm-exporter --no-hostname).
+DCGM_HOSTNAME_LABELS: tuple[str, ...] = ("Hostname", "hostname", "none")
 
 # Roofline bound of a GPU over the derive window (`exporter.derive.bound.classify_bound`), in the order
 # tpw_gpu_bound lists them, and the window-mean evidence ratios the classification reads.
@@ -230,6 +235,7 @@ class GpuInfo:
     memory_total_bytes: int | None = None
     dram_peak_bandwidth_bytes_per_second: float | None = None
     profiling_supported: bool = False
+    minor_number: int | None = None  # N of /dev/nvidiaN (dcgm-exporter's `device` label)
 
 
 @dataclass(frozen=True, slots=True)

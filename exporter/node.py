@@ -113,9 +113,14 @@ def build_daemon(node: Node, config: Config, extra_families: Sequence[MetricSour
     from exporter.render.endpoints import endpoint_families
     from exporter.render.exposition import Renderer
 
+    compat: list[MetricSource] = []
+    if "dcgm" in config.compat:  # imported only when asked for: off, it costs nothing
+        from exporter.render.dcgm_compat import DcgmCompat
+
+        compat.append(DcgmCompat.from_config(config.dcgm_compat).families)
     return Daemon(
         node.sources,
-        Renderer(extra=[endpoint_families, derived_families, *extra_families]),
+        Renderer(extra=[endpoint_families, derived_families, *extra_families, *compat]),
         config.interval,
         stages=[Attributor(node.endpoints), build_deriver(config)],
     )

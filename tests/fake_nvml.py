@@ -150,6 +150,10 @@ class FakeNvml:
     def nvmlDeviceGetName(self, handle: int) -> str:
         return self._enter("nvmlDeviceGetName", handle).name
 
+    def nvmlDeviceGetMinorNumber(self, handle: int) -> int:
+        self._enter("nvmlDeviceGetMinorNumber", handle)
+        return handle
+
     def nvmlDeviceGetPciInfo(self, handle: int) -> Any:
         self._enter("nvmlDeviceGetPciInfo", handle)
         return SimpleNamespace(busId=f"00000000:{0x18 + handle:02X}:00.0".encode())

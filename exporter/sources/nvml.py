@@ -118,6 +118,7 @@ class GpuReader:
         memory = self._optional("memory", nvml.nvmlDeviceGetMemoryInfo, handle)
         bus_width_bits = self._optional("bus_width", nvml.nvmlDeviceGetMemoryBusWidth, handle)
         max_memory_mhz = self._optional("max_memory_clock", nvml.nvmlDeviceGetMaxClockInfo, handle, CLOCK_MEM)
+        minor = self._optional("minor_number", nvml.nvmlDeviceGetMinorNumber, handle)
         peak = None
         if bus_width_bits and max_memory_mhz:
             # bytes per transfer × transfers per second, double data rate.
@@ -135,6 +136,7 @@ class GpuReader:
             memory_total_bytes=int(memory.total) if memory is not None else None,
             dram_peak_bandwidth_bytes_per_second=peak,
             profiling_supported=supported,
+            minor_number=int(minor) if minor is not None else None,
         )
 
     # -- one call, with the failure policy --------------------------------------------------------------

@@ -40,6 +40,7 @@ def simulated_gpu_info(index: int) -> GpuInfo:
         memory_total_bytes=H100_MEMORY_BYTES,
         dram_peak_bandwidth_bytes_per_second=H100_PEAK_DRAM_BYTES_PER_SECOND,
         profiling_supported=True,
+        minor_number=index,
     )
 
 

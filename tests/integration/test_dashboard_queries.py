@@ -13,10 +13,16 @@ those must still be accepted by Prometheus. The demo runs with a site electricit
 intensity, so the cost and CO2 panels, conditional for users, must return data here. A failure names the
 metrics the query reads that Prometheus does not have at all, which is what a panel built on a metric
 nobody serves looks like.
+
+The demo also runs in dcgm-exporter compat mode (`--compat dcgm`), and NVIDIA's own dashboard for
+dcgm-exporter (tests/fixtures/dcgm_exporter/dcgm-exporter-dashboard.json, vendored unmodified) runs against
+the same Prometheus: its variables resolve, and every panel returns data in the unit the panel declares, in
+the range two simulated H100s give.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -131,7 +137,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     rules = _local_rules(tmp_path_factory.mktemp("rules"))
-    args = ["demo", "--gpus", "2", "--interval", "0.5"]
+    args = ["demo", "--gpus", "2", "--interval", "0.5", "--compat", "dcgm"]
     with (
         running_exporter(args, env={"TPW_DERIVE__WINDOW": "5", **SITE}) as exporter,
         running_prometheus([f"127.0.0.1:{exporter.port}"], rule_files=rules) as prometheus,
@@ -181,3 +187,81 @@ def _missing(stack: Stack, expr: str) -> str:
     if missing:
         return "metrics Prometheus does not have at all (neither served nor recorded): " + ", ".join(missing)
     return "every metric it reads exists: the filters or the expression select nothing"
+
+
+# NVIDIA's dashboard for dcgm-exporter (tests/fixtures/dcgm_exporter/README.md says where it comes from).
+NVIDIA_DASHBOARD = json.loads(
+    (REPO / "tests/fixtures/dcgm_exporter/dcgm-exporter-dashboard.json").read_text()
+)
+# Panel title → the unit the panel declares, and the range its values must fall in on the demo's two
+# simulated H100s (idle ones included) in that unit.
+NVIDIA_PANELS: dict[str, tuple[str, float, float]] = {
+    "GPU Temperature": ("celsius", 20, 100),
+    "GPU Avg. Temp": ("celsius", 20, 100),
+    "GPU Power Usage": ("watt", 30, 750),  # one H100: idle ~70 W, a 700 W limit
+    "GPU Power Total": ("watt", 60, 1500),
+    "GPU SM Clocks": ("hertz", 1e8, 2.1e9),  # the query multiplies MHz by 1e6
+    "GPU Utilization": ("percent", 0, 100),
+    "GPU Framebuffer Mem Used": ("decmbytes", 1, 80 * 1024),  # MiB of an 80 GiB H100
+    "Tensor Core Utilization": ("percentunit", 0, 1),
+}
+
+
+def _nvidia_unit(panel: dict[str, Any]) -> str | None:
+    """The unit a Grafana 6 panel declares: the left y axis of a graph, the field unit of a gauge."""
+    if panel.get("yaxes"):
+        return panel["yaxes"][0].get("format")
+    return panel.get("options", {}).get("fieldOptions", {}).get("defaults", {}).get("unit")
+
+
+def _nvidia_variables(stack: Stack) -> dict[str, str]:
+    """Its variables as Grafana first shows them: All (includeAll, no allValue: every value, as a regex)."""
+    values = {"datasource": "prometheus"}
+    for variable in NVIDIA_DASHBOARD["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        match = LABEL_VALUES.match(substitute(variable["query"], values))
+        assert match, variable["query"]
+        found = stack.label_values(match.group("label"), match.group("selector"))
+        assert found, f"variable {variable['name']!r} has no values: {variable['query']}"
+        values[variable["name"]] = "(" + "|".join(regex_escape(value) for value in found) + ")"
+    return values
+
+
+def test_nvidia_dashboard_covers_the_panels_checked() -> None:
+    titles = [panel["title"] for panel in NVIDIA_DASHBOARD["panels"]]
+    assert sorted(titles) == sorted(NVIDIA_PANELS)
+
+
+def test_nvidia_dashboard_variables_resolve(stack: Stack) -> None:
+    values = _nvidia_variables(stack)
+    assert values["gpu"] == "(0|1)"
+    assert values["instance"].startswith("(127") and values["instance"].count("|") == 0  # the demo, once
+
+
+@pytest.mark.parametrize("title", sorted(NVIDIA_PANELS))
+def test_nvidia_dashboard_panel_returns_data_in_its_unit(stack: Stack, title: str) -> None:
+    panel = next(panel for panel in NVIDIA_DASHBOARD["panels"] if panel["title"] == title)
+    unit, low, high = NVIDIA_PANELS[title]
+    assert _nvidia_unit(panel) == unit, f"{title}: the dashboard's unit changed"
+    values = _nvidia_variables(stack)
+    for target in panel["targets"]:
+        query = Query(
+            "nvidia",
+            "panel",
+            str(panel["id"]),
+            target["refId"],
+            title,
+            target["expr"],
+            bool(target.get("instant")),
+        )
+        expr, result = stack.run(query, values)
+        assert result, f"{title}: no data from {expr}"
+        numbers = [
+            float(result_value)
+            for series in result
+            for _, result_value in series.get("values", [series.get("value")])
+        ]
+        assert numbers and all(low <= number <= high for number in numbers), (
+            f"{title} ({unit}): {expr} gave {sorted(set(numbers))[:10]}"
+        )
