@@ -83,13 +83,14 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # a monitoring daemon need not advertise its API
     )
 
-    @app.get("/healthz", response_class=Response)
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_class=Response)
     async def healthz() -> Response:
         return Response(b"ok\n", media_type="text/plain")
 
-    @app.get("/readyz", response_class=Response)
+    @app.api_route("/readyz", methods=["GET", "HEAD"], response_class=Response)
     async def readyz() -> Response:
         published = publication.latest()
         if published.ready:
@@ -97,14 +98,14 @@ def create_app(
         reason = "first collection not finished" if published.collector_up else "collector process down"
         return Response(f"not ready: {reason}\n".encode(), status_code=503, media_type="text/plain")
 
-    @app.get("/api/v1/snapshot")
+    @app.api_route("/api/v1/snapshot", methods=["GET", "HEAD"])
     async def snapshot() -> Response:
         body = await publication.snapshot_json()
         if body is None:
             return JSONResponse({"error": "no snapshot: the collector process is down"}, status_code=503)
         return Response(body, media_type="application/json")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def landing() -> HTMLResponse:
         scenario = publication.latest().simulated_scenario
         mode = f" <strong>Simulated node</strong> (scenario {scenario}): not real GPUs." if scenario else ""

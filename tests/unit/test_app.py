@@ -103,3 +103,14 @@ def test_a_down_collector_is_not_ready_and_has_no_snapshot() -> None:
     assert client.get("/api/v1/snapshot").status_code == 503
     assert b"tpw_exporter_collector_up 0.0" in client.get("/metrics").content
     assert client.get("/healthz").status_code == 200
+
+
+def test_head_answers_like_get_without_a_body_and_the_api_is_not_advertised() -> None:
+    client, _ = client_and_daemon()
+    for path in ("/metrics", "/healthz", "/readyz", "/api/v1/snapshot", "/"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(path).status_code == 404, path
