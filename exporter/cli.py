@@ -62,6 +62,8 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE.yaml", help="YAML config file (env TPW_CONFIG)")
     parser.add_argument(
         "--listen-address",
+        "--web.listen-address",
+        dest="listen_address",
         metavar="HOST:PORT",
         help=f"address to serve on (default 0.0.0.0:{DEFAULT_PORT}; env TPW_LISTEN_ADDRESS)",
     )
@@ -72,6 +74,29 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
         help="seconds between collections (default 1; env TPW_INTERVAL)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info)")
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        metavar="FILE",
+        help="the Prometheus exporter-toolkit's web configuration file: TLS, basic auth, headers "
+        "(env TPW_WEB_CONFIG_FILE; README, Securing the listener)",
+    )
+    parser.add_argument(
+        "--web.max-requests",
+        dest="web_max_requests",
+        type=int,
+        metavar="N",
+        help="requests served at once, more get 503; 0: no limit (default 40; env TPW_WEB_MAX_REQUESTS)",
+    )
+    parser.add_argument(
+        "--web.max-connections",
+        dest="web_max_connections",
+        type=int,
+        metavar="N",
+        help="connections open at once (default: from the file descriptor limit, at most 512; env "
+        "TPW_WEB_MAX_CONNECTIONS)",
+    )
     parser.add_argument(
         "--endpoint",
         action="append",
@@ -218,6 +243,9 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("listen_address", "listen_address"),
         ("interval", "interval"),
         ("log_level", "log_level"),
+        ("web_config_file", "web_config_file"),
+        ("web_max_requests", "web_max_requests"),
+        ("web_max_connections", "web_max_connections"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -311,16 +339,27 @@ def effective_timeouts(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def web_config_summary(config: Config) -> str:
+    """A YAML comment saying what the web config file turns on; ConfigError if it is invalid."""
+    if config.web_config_file is None:
+        return ""
+    from exporter.webconfig import load_web_config
+
+    return f"# web config {config.web_config_file}: {load_web_config(config.web_config_file).summary()}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     unknown = unknown_env_variables()
     try:
         if args.command == "check-config":
             config = load_config(args.file)
+            web_summary = web_config_summary(config)  # checked too: ExecStartPre runs check-config
             if unknown:
                 print(f"tpw-exporter: warning: {unknown_env_warning(unknown)}", file=sys.stderr)
             sys.stdout.write(effective_config_yaml(config, show_secrets=args.show_secrets))
             sys.stdout.write(effective_timeouts(config))
+            sys.stdout.write(web_summary)
             return 0
         config = load_config(args.config, overrides=flag_overrides(args))
     except ConfigError as exc:

@@ -58,6 +58,8 @@ DEFAULT_PORT = 9835
 # The share of `interval` a tick's collection may take: the limit of each GPU's read
 # (`nvml.gpu_timeout_seconds` unset) and the cap on every endpoint's `timeout_seconds`.
 TICK_BUDGET_FRACTION = 0.8
+# Requests the HTTP server serves at once (node_exporter's --web.max-requests default).
+DEFAULT_WEB_MAX_REQUESTS = 40
 
 # The one list of scenarios is exporter.model.SCENARIO_NAMES (the CLI's --scenario choices too).
 Scenario = Literal[SCENARIO_NAMES]  # type: ignore[valid-type]
@@ -451,6 +453,24 @@ class Config(_Strict):
         "units and labels).",
     )
     dcgm_compat: DcgmCompatConfig = DcgmCompatConfig()
+    web_config_file: Path | None = Field(
+        None,
+        description="The Prometheus exporter-toolkit's web configuration file (TLS, basic auth, headers); "
+        "unset: plain HTTP, no auth.",
+    )
+    web_max_requests: int = Field(
+        DEFAULT_WEB_MAX_REQUESTS,
+        ge=0,
+        le=100_000,
+        description="Requests served at once; more are answered 503 (0: no limit).",
+    )
+    web_max_connections: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Connections open at once; past it the oldest without a request in flight is closed. "
+        "Default: half the file descriptor limit less 128, at most 512.",
+    )
 
     @field_validator("listen_address")
     @classmethod

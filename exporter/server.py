@@ -44,9 +44,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _server_class() -> type:
-    import uvicorn
+    from exporter.listener import GuardedServer
 
-    class Server(uvicorn.Server):
+    class Server(GuardedServer):
         """uvicorn's server, but SIGTERM is a normal stop (exit 0), as systemd and Kubernetes expect."""
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -75,7 +75,9 @@ def serve(config: Config, command: str) -> int:
     """Run the exporter; the exit code. ConfigError when the listen address cannot be bound or the node
     lacks what the config names."""
     from exporter.collector import CollectorError, CollectorProcess, run_collector
+    from exporter.webconfig import WebConfigWatcher
 
+    web_config = WebConfigWatcher(config.web_config_file)  # WebConfigError (a ConfigError): exit 2
     listener = bind_listen_address(config)
 
     server_box: list[Any] = []
@@ -102,7 +104,9 @@ def serve(config: Config, command: str) -> int:
 
     import uvicorn
 
+    from exporter.access import Access
     from exporter.app import create_app
+    from exporter.listener import KEEP_ALIVE_SECONDS, ConnectionGuard
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -120,7 +124,8 @@ def serve(config: Config, command: str) -> int:
         yield
         collector.stop(timeout=2.0)
 
-    app = create_app(collector, lifespan=lifespan)
+    guard = ConnectionGuard(listener, web_config, config.web_max_connections)
+    app = Access(create_app(collector, lifespan=lifespan), web_config, config.web_max_requests, guard)
     server = _server_class()(
         uvicorn.Config(
             app,
@@ -132,11 +137,15 @@ def serve(config: Config, command: str) -> int:
             ws="none",
             loop="asyncio",
             lifespan="on",
-        )
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            server_header=False,
+            proxy_headers=False,  # scope["client"] is the peer: the connection guard finds it by that
+        ),
+        guard,
     )
     server_box.append(server)
     try:
-        server.run(sockets=[listener])
+        server.run()
     finally:
         collector.stop(timeout=2.0)
     return 0 if server.started else 1

@@ -191,5 +191,7 @@ def test_every_module_logs_under_its_own_name() -> None:
                 name = arg.value if isinstance(arg, ast.Constant) else ast.unparse(arg)
                 if name == "httpx":  # another library's logger, quietened
                     continue
+                if path.name == "listener.py" and name == "name":  # uvicorn's and asyncio's, rate-limited
+                    continue
                 odd.add((path.relative_to(root.parent).as_posix(), str(name)))
     assert odd == set()
