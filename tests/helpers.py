@@ -141,14 +141,18 @@ class PrometheusProcess:
         rule_files: Sequence[Path] = (),
         scrape_interval: str = "1s",
         evaluation_interval: str = "1s",
+        scrape_configs: Sequence[dict[str, Any]] | None = None,
     ) -> None:
+        """`scrape_configs`, when given, replace the one plain-HTTP job `tpw` over `targets`."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.directory = Path(tempfile.mkdtemp(prefix="tpw-prometheus-"))
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": "tpw", "static_configs": [{"targets": list(targets)}]}],
+            "scrape_configs": list(scrape_configs)
+            if scrape_configs is not None
+            else [{"job_name": "tpw", "static_configs": [{"targets": list(targets)}]}],
         }
         config_path = self.directory / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))
