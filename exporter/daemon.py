@@ -134,11 +134,25 @@ class Daemon:
         return self.latest
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick on a fixed cadence until `stop` is set; a slow tick skips the slots it overran."""
+        """Tick on a fixed cadence until `stop` is set; a slow tick skips the slots it overran. A tick in
+        progress when `stop` is set is cancelled (a page being parsed, a slow GPU): stopping never waits for
+        the tick's time limit."""
         next_tick = self._clock()
         while not stop.is_set():
+            tick = asyncio.ensure_future(self.tick())
+            stopped = asyncio.ensure_future(stop.wait())
             try:
-                await self.tick()
+                await asyncio.wait((tick, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+                if not tick.done():
+                    tick.cancel()
+            if tick.cancelled() or not tick.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await tick
+                return
+            try:
+                tick.result()
             except Exception:  # a bug in a stage or the renderer must not end collection
                 log.exception("tick failed; keeping the previous exposition")
             next_tick += self.interval

@@ -15,6 +15,7 @@ module imports nothing heavy (no asyncio, no httpx): the fork server and its wor
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import pickle
@@ -282,6 +283,8 @@ def _worker_main(sock: socket.socket) -> None:
     say so. The answer says when the worker retires (its memory grew past WORKER_MAX_RSS_BYTES).
     """
     sock.setblocking(True)
+    signal.signal(signal.SIGIO, signal.SIG_DFL)
+    fcntl.fcntl(sock.fileno(), fcntl.F_SETOWN, os.getpid())  # SIGIO from this socket comes to this worker
     while True:
         header = _recv_exactly(sock, HEADER.size)
         if header is None:
@@ -291,10 +294,12 @@ def _worker_main(sock: socket.socket) -> None:
             return
         time_limit, job = pickle.loads(payload)
         signal.setitimer(signal.ITIMER_REAL, time_limit + ALARM_GRACE_SECONDS)
+        _end_on_hangup(sock, True)
         try:
             result = interpret(job)
         except Exception as exc:  # a bug, not the page: say so rather than die silently
             result = PageResult(error_reason="internal", error=f"page parser failed: {type(exc).__name__}")
+        _end_on_hangup(sock, False)
         signal.setitimer(signal.ITIMER_REAL, 0)
         retiring = _rss_bytes() > WORKER_MAX_RSS_BYTES
         answer = pickle.dumps((result.to_wire(), retiring), protocol=pickle.HIGHEST_PROTOCOL)
@@ -302,6 +307,21 @@ def _worker_main(sock: socket.socket) -> None:
         if retiring:
             return  # exit, and give the memory back; the collector forks a fresh worker
         del payload, job, result, answer
+
+
+def _end_on_hangup(sock: socket.socket, on: bool) -> None:
+    """While a page is parsed nothing arrives on the socket but its end: with O_ASYNC on, the collector
+    closing its side (it gave up on the job, is stopping, or died) raises SIGIO, whose default action ends
+    the worker at once, not at its deadline: a stopping exporter leaves no parse running behind it."""
+    flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags | os.O_ASYNC if on else flags & ~os.O_ASYNC)
+    if on:
+        try:
+            closed = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            closed = False
+        if closed:  # closed before O_ASYNC was on: no SIGIO will come
+            os._exit(0)
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
