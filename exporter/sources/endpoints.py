@@ -87,7 +87,8 @@ class EndpointScraper:
         self._resets = 0
         self._previous: dict[tuple[str, str, str | None], float] = {}
         self._fields: frozenset[str] | None = None
-        self._last_state: str | None = None
+        self._last_state: str | None = None  # "up", or "down:" + the reason of the last failure
+        self._failure_reason = ""
         self.worker = PageWorker(config.name)
 
     # -- fetching -------------------------------------------------------------------------------------
@@ -174,6 +175,7 @@ class EndpointScraper:
 
     def _failed(self, reason: str, message: str, started: float) -> EndpointSample:
         self._errors[reason] += 1
+        self._failure_reason = reason
         return EndpointSample(
             name=self.config.name,
             engine=self._engine_name(),
@@ -262,7 +264,9 @@ class EndpointScraper:
         self._fields = fields
 
     def _log_state(self, sample: EndpointSample) -> None:
-        state = "up" if sample.up else f"down:{sample.error}"
+        # One line per change of state or of the kind of failure (connect, timeout, http_status, …), not
+        # per message: a message that varies (a port, a byte count) must not make a line per tick.
+        state = "up" if sample.up else f"down:{self._failure_reason}"
         if state == self._last_state:
             return
         if sample.up:

@@ -273,6 +273,27 @@ def test_state_changes_are_logged_once(caplog: pytest.LogCaptureFixture) -> None
     assert sum("is up again" in m for m in messages) == 1
 
 
+def test_a_failure_is_logged_once_per_kind_not_per_message(caplog: pytest.LogCaptureFixture) -> None:
+    """HTTP 500 then 503 (same kind, other message): one line; then a connection refused: one more."""
+    with engine_server(vllm_page(1)) as server:
+
+        async def run() -> None:
+            source = EndpointsSource([endpoint(server.url, name="flaky", engine="vllm")])
+            for status in (500, 503, 500):
+                server.behaviour.status = status
+                await source.collect()
+            server.close()
+            for _ in range(2):
+                await source.collect()
+            await source.close()
+
+        with caplog.at_level(logging.INFO):
+            asyncio.run(run())
+    down = [r.message for r in caplog.records if "flaky is down" in r.message]
+    assert len(down) == 2, down
+    assert "500" in down[0] and "cannot connect" in down[1]
+
+
 def test_metric_set_change_and_engine_change_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     page = {"body": vllm_page(1)}
     with engine_server(lambda: page["body"]) as server:
