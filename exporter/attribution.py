@@ -4,7 +4,9 @@
 - `gpus: all`: every GPU on the node.
 - `gpus: auto`: the process listening on the URL's local port, plus its descendants (psutil), matched with
   the PIDs NVML lists as compute processes on each GPU (for TGI, whose GPU shards are siblings of the
-  listening router under one launcher, the launcher's other children too).
+  listening router under one launcher, the launcher's other children too). On Kubernetes, when that
+  finds nothing (a pod IP or Service URL, a container without `hostPID`), the GPUs the kubelet allocated
+  to the pods the URL reaches (`cluster`, `exporter.k8s.view`; attribution `kubernetes`).
 
 `auto` over time. A lookup that finds the endpoint's GPUs is kept, refreshed every `refresh_seconds`, and
 redone at once when the endpoint comes (back) up, when its engine's process start time changes (a
@@ -46,6 +48,11 @@ SIBLING_WORKER_ENGINES = frozenset({"tgi"})
 
 # (port, include_siblings) → PIDs behind the listener, or None when no listener is visible.
 PidFinder = Callable[[int, bool], "set[int] | None"]
+# (GPU indices, attribution, note): what `auto` decided for one endpoint.
+Attribution = tuple[tuple[int, ...], str, "str | None"]
+# Kubernetes (`exporter.k8s.view.KubernetesStage.attribute`): given an endpoint, the GPUs and what the process
+# lookup found, the attribution to use; asked only when the processes did not tell the endpoint's GPUs.
+ClusterAttributor = Callable[[EndpointSample, tuple[GpuSample, ...], Attribution], Attribution]
 
 
 def local_addresses() -> set[str]:
@@ -124,8 +131,10 @@ class Attributor:
         addresses: Callable[[], set[str]] = local_addresses,
         retry_max_seconds: float = 8.0,
         pending_grace_seconds: float = 10.0,
+        cluster: ClusterAttributor | None = None,
     ) -> None:
         self._configs = {endpoint.name: endpoint for endpoint in endpoints}
+        self._cluster = cluster
         self._refresh = refresh_seconds
         self._find_pids = find_pids
         self._clock = clock
@@ -154,6 +163,8 @@ class Attributor:
         elif wanted == "auto":
             assert config is not None
             indices, method, note = self._auto_gpus(endpoint, config, gpus)
+            if self._cluster is not None and method != "auto":
+                indices, method, note = self._cluster(endpoint, gpus, (indices, method, note))
         else:
             indices, method, note = self._configured(wanted, gpus)
         self._log_note(endpoint.name, note)

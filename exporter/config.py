@@ -358,6 +358,55 @@ class SiteConfig(_Strict):
         return Site(**self.model_dump())
 
 
+class KubernetesConfig(_Strict):
+    """Pod attribution on Kubernetes (`exporter.k8s`): the kubelet's PodResources socket, the API server."""
+
+    enabled: Literal["auto"] | bool = Field(
+        "auto",
+        description="auto: on when the PodResources socket exists or the exporter runs in a pod "
+        "(KUBERNETES_SERVICE_HOST set, or api_url given); true: on, problems are reported; false: off.",
+    )
+    pod_resources_socket: str = Field(
+        "/var/lib/kubelet/pod-resources/kubelet.sock",
+        min_length=1,
+        description="The kubelet's PodResources API socket: which pod holds each GPU (tpw_gpu_pod_info).",
+    )
+    node_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="This node's name, for the API server's list of its pods; default the NODE_NAME "
+        "environment variable (the DaemonSet sets it from spec.nodeName).",
+    )
+    namespace: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Namespace of a Service named without one in an endpoint URL (http://vllm:8000); default "
+        "the exporter's own (POD_NAMESPACE, else its service account's).",
+    )
+    api_url: str | None = Field(
+        None,
+        description="The API server's URL; default the in-cluster configuration (the pod's service account).",
+    )
+    refresh_seconds: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between reads of the PodResources API."
+    )
+    api_refresh_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Seconds between API server lookups of the gpus: auto endpoints' pods while nothing "
+        "changes; sooner when a pod on this node gains or loses a GPU, or an endpoint is not resolved.",
+    )
+    timeout_seconds: float = Field(2.0, gt=0, le=60, description="Time limit of one call to either API.")
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_url(value)
+        return value
+
+
 ProfilingSource = Literal[PROFILING_SOURCES]  # type: ignore[valid-type]
 CompatFormat = Literal[COMPAT_FORMATS]  # type: ignore[valid-type]
 DcgmHostnameLabel = Literal[DCGM_HOSTNAME_LABELS]  # type: ignore[valid-type]
@@ -446,6 +495,7 @@ class Config(_Strict):
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     derive: DeriveConfig = DeriveConfig()
     site: SiteConfig = SiteConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
     profiling: ProfilingConfig = ProfilingConfig()
     compat: list[CompatFormat] = Field(
         default_factory=list,

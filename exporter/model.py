@@ -301,6 +301,8 @@ class EndpointValue:
 
 # `EndpointSample.attribution` of a `gpus: auto` endpoint whose GPUs are not known yet: it has no GPUs.
 ATTRIBUTION_PENDING = "pending"
+# `EndpointSample.attribution` of a `gpus: auto` endpoint whose GPUs are its pods' (`exporter.k8s`).
+ATTRIBUTION_KUBERNETES = "kubernetes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +320,8 @@ class EndpointSample:
     values: tuple[EndpointValue, ...] = ()
     gpus: tuple[int, ...] = ()  # indices of the GPUs attributed to this endpoint
     gpu_shares: tuple[float, ...] = ()  # per entry of `gpus`: the part of that GPU's energy that is ours
-    # "config" | "auto" | "all" (fallback: every GPU on the node) | "pending" (auto, unresolved: no GPUs)
+    # "config" | "auto" | "kubernetes" (auto: the GPUs its pods hold) | "all" (fallback: every GPU on the
+    # node) | "pending" (auto, unresolved: no GPUs)
     attribution: str = "all"
     attribution_note: str | None = None  # why auto attribution fell back, if it did
     errors_total: tuple[tuple[str, int], ...] = ()  # (reason, count since start), cumulative
@@ -399,6 +402,17 @@ class Derived:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuPod:
+    """A GPU, or a MIG slice of it, that the kubelet allocated to a container (PodResources API)."""
+
+    gpu: int  # the GPU's index (a MIG slice's parent GPU)
+    uuid: str  # the allocated device: the GPU's UUID, or the MIG slice's
+    namespace: str
+    pod: str
+    container: str
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything one tick knows. Immutable; the HTTP side only ever reads the latest one."""
 
@@ -411,3 +425,4 @@ class Snapshot:
     sources: tuple[SourceStatus, ...] = ()
     node: NodeInfo = NodeInfo()
     derived: Derived | None = None  # set by the derive stage (`exporter.derive.Deriver`)
+    gpu_pods: tuple[GpuPod, ...] = ()  # set by the Kubernetes stage (`exporter.k8s.view`), when enabled

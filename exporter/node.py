@@ -18,6 +18,7 @@ from exporter.sources.base import ExternalProfiler, Source, SourceError
 
 if TYPE_CHECKING:
     from exporter.daemon import Daemon
+    from exporter.k8s.view import KubernetesStage
     from exporter.render.exposition import MetricSource
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class Node:
     sources: list[Source]
     endpoints: list[EndpointConfig]
     stop: list[Callable[[], None]] = field(default_factory=list)
+    kubernetes: KubernetesStage | None = None  # pod attribution on Kubernetes, when enabled
 
 
 def build_node(config: Config, command: str) -> Node:
@@ -78,7 +80,14 @@ def build_node(config: Config, command: str) -> Node:
         from exporter.sources.endpoints import EndpointsSource
 
         sources.append(EndpointsSource(endpoints, tick_budget_seconds=config.tick_budget_seconds))
-    return Node(sources, endpoints, stop)
+    kubernetes = None
+    if command != "demo":  # which pod holds each GPU, and the pods behind the gpus: auto endpoints
+        from exporter.k8s.view import build_kubernetes
+
+        kubernetes = build_kubernetes(config.kubernetes, endpoints)
+        if kubernetes is not None:
+            stop.append(kubernetes.stop)
+    return Node(sources, endpoints, stop, kubernetes)
 
 
 def build_profiler(config: Config) -> ExternalProfiler | None:
@@ -118,9 +127,16 @@ def build_daemon(node: Node, config: Config, extra_families: Sequence[MetricSour
         from exporter.render.dcgm_compat import DcgmCompat
 
         compat.append(DcgmCompat.from_config(config.dcgm_compat).families)
+    kubernetes = node.kubernetes  # tpw_gpu_pod_info; its stage runs before the attribution it serves
+    if kubernetes is not None:
+        extra_families = [*extra_families, kubernetes.families]
     return Daemon(
         node.sources,
         Renderer(extra=[endpoint_families, derived_families, *extra_families, *compat]),
         config.interval,
-        stages=[Attributor(node.endpoints), build_deriver(config)],
+        stages=[
+            *([kubernetes] if kubernetes is not None else []),
+            Attributor(node.endpoints, cluster=kubernetes.attribute if kubernetes is not None else None),
+            build_deriver(config),
+        ],
     )

@@ -96,7 +96,8 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
     attribution = gauge(
         "tpw_endpoint_gpu_info",
         "Always 1: a GPU attributed to the endpoint; "
-        "attribution = config | auto | all (fallback: every GPU); none while auto is pending.",
+        "attribution = config | auto | kubernetes (its pods' GPUs) | all (fallback: every GPU); none while "
+        "auto is pending.",
         labels=["endpoint", "gpu", "attribution"],
     )
     share = gauge(
