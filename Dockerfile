@@ -9,7 +9,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-RUN python -m venv /opt/tpw-exporter && /opt/tpw-exporter/bin/pip install .
+# The kubernetes extra: pod attribution on Kubernetes (the PodResources API over gRPC, the API server).
+RUN python -m venv /opt/tpw-exporter && /opt/tpw-exporter/bin/pip install '.[kubernetes]'
 
 FROM python:3.12.12-slim-trixie
 LABEL org.opencontainers.image.title="tpw-exporter" \

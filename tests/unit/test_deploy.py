@@ -37,9 +37,10 @@ from deploy_common import (
 from helpers import REPO
 
 from exporter import __version__
-from exporter.config import DEFAULT_PORT
+from exporter.config import DEFAULT_PORT, KubernetesConfig
 
 PINNED_IMAGE = re.compile(r"^[a-z0-9./-]+:v?\d+\.\d+\.\d+$")
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 
 
 def yaml_files() -> list[Path]:
@@ -160,8 +161,6 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
     (user,) = [rest for keyword, rest in final if keyword == "USER"]
     uid = user.split(":")[0]
     assert uid not in {"0", "root"} and uid.isdigit(), "numeric non-root uid (runAsNonRoot can verify it)"
-    daemonset = k8s_object("DaemonSet")
-    assert str(daemonset["spec"]["template"]["spec"]["securityContext"]["runAsUser"]) == uid
     keywords = [keyword for keyword, _ in final]
     assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k in {"RUN", "COPY"})
     (health,) = [rest for keyword, rest in final if keyword == "HEALTHCHECK"]
@@ -177,7 +176,8 @@ def test_dockerfile_installs_the_package_only() -> None:
     runs = [rest for keyword, rest in dockerfile() if keyword == "RUN"]
     installs = [re.search(r"pip install ([^&;]*)", run) for run in runs]
     installs = [match.group(1).strip() for match in installs if match]
-    assert installs == ["."], f"pip install . and nothing else: {installs}"
+    # The package with its kubernetes extra (pod attribution), nothing else.
+    assert installs == ["'.[kubernetes]'"], f"pip install '.[kubernetes]' and nothing else: {installs}"
     assert not any("apt-get install" in run for run in runs), "keep the image slim"
 
 
@@ -248,8 +248,12 @@ def test_kustomization_lists_every_manifest_and_one_namespace() -> None:
     namespace = kustomization["namespace"]
     for name, documents in k8s_documents().items():
         for document in documents:
-            if name != "kustomization.yaml":
+            if name != "kustomization.yaml" and document["kind"] not in CLUSTER_SCOPED:
                 assert document["metadata"]["namespace"] == namespace, name
+            elif name != "kustomization.yaml":
+                assert "namespace" not in document["metadata"], (
+                    f"{name}: {document['kind']} is cluster-scoped"
+                )
     (image,) = kustomization["images"]
     assert image["name"] == "tpw-exporter" and image["newTag"] == __version__
 
@@ -263,10 +267,9 @@ def test_daemonset_runs_on_gpu_nodes_with_the_nvidia_runtime() -> None:
     )
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["runtimeClassName"] == "nvidia"
-    assert pod["hostPID"] is True
-    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert "hostPID" not in pod and "hostNetwork" not in pod, "pod attribution needs neither"
     (container,) = pod["containers"]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
     for bucket in container["resources"].values():
         assert not any(name.startswith("nvidia.com/") for name in bucket), (
@@ -280,6 +283,69 @@ def test_daemonset_runs_on_gpu_nodes_with_the_nvidia_runtime() -> None:
     assert ports == {"metrics": DEFAULT_PORT}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
+def test_daemonset_reads_the_kubelets_podresources_socket_read_only_as_root_without_capabilities() -> None:
+    """The kubelet's socket accepts root only (mode 0755, root's): uid 0, and nothing else root could use."""
+    pod = k8s_object("DaemonSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    socket = Path(KubernetesConfig().pod_resources_socket)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(socket.parent)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["hostPath"]["path"] == str(socket.parent), "the kubelet's directory, at the same path"
+    assert pod["securityContext"]["runAsUser"] == 0 and pod["securityContext"]["runAsNonRoot"] is False
+    security = container["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"]} and "add" not in security["capabilities"]
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert (
+        not security.get("privileged")
+        and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
+    other_host_paths = [v for v in pod["volumes"] if "hostPath" in v and v is not volume]
+    assert not other_host_paths, "the socket's directory is the only host path"
+    env = {
+        item["name"]: item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        for item in container["env"]
+    }
+    assert env["NODE_NAME"] == "spec.nodeName", "the downward API names the node (kubernetes.node_name)"
+    assert env["POD_NAMESPACE"] == "metadata.namespace"
+
+
+def test_the_service_account_has_read_only_least_rbac_on_what_attribution_reads() -> None:
+    """Exactly: list pods (this node's, by field selector), get and list Services, list EndpointSlices.
+    That every grant is used and every request granted: tests/unit/test_k8s_attribution.py."""
+    pod = k8s_object("DaemonSet")["spec"]["template"]["spec"]
+    account = k8s_object("ServiceAccount")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True, "the API server needs the token"
+    role = k8s_object("ClusterRole")
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames or nonResourceURLs"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                grants.setdefault((group, resource), set()).update(rule["verbs"])
+    assert grants == {
+        ("", "pods"): {"list"},
+        ("", "services"): {"get", "list"},
+        ("discovery.k8s.io", "endpointslices"): {"list"},
+    }
+    assert not any("*" in value for key in grants for value in key), "no wildcards"
+    binding = k8s_object("ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
+    assert account["metadata"]["namespace"] == k8s_object("DaemonSet")["metadata"]["namespace"]
 
 
 def test_service_and_servicemonitor_select_the_exporter_pods() -> None:
@@ -391,9 +457,23 @@ def test_an_alert_linking_elsewhere_is_refused(tmp_path: Path) -> None:
 def test_kustomization_lists_every_manifest_and_pins_the_image() -> None:
     """What `kubectl kustomize` would render, checked without a cluster tool: resources and image."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    documents = [yaml.safe_load((K8S / name).read_text()) for name in kustomization["resources"]]
+    documents = [
+        doc
+        for name in kustomization["resources"]
+        for doc in yaml.safe_load_all((K8S / name).read_text())
+        if doc
+    ]
     kinds = sorted(doc["kind"] for doc in documents)
-    assert kinds == ["ConfigMap", "DaemonSet", "PrometheusRule", "Service", "ServiceMonitor"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "DaemonSet",
+        "PrometheusRule",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ]
     manifests = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert manifests == set(kustomization["resources"])
     (daemonset,) = [doc for doc in documents if doc["kind"] == "DaemonSet"]

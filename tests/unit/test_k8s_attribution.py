@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deploy_common import k8s_object
 from fake_nvml import Clock, FakeGpu, FakeNvml, NVMLError
 from k8s_servers import (
     ApiServer,
@@ -451,3 +452,24 @@ def test_the_tick_never_waits_for_a_slow_kubelet(socket_path: Path, api: ApiServ
             kubelet.servicer.delay = 0.0
             h.view.stop()
 
+
+def test_the_cluster_role_grants_exactly_what_the_exporter_asks(socket_path: Path, api: ApiServer) -> None:
+    """Every request the exporter makes, in every path it takes, is one the ClusterRole grants, and every
+    grant is used: least privilege, checked against the requests themselves."""
+    role = k8s_object("ClusterRole")
+    granted = {
+        (verb, group, resource)
+        for rule in role["rules"]
+        for verb in rule["verbs"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    api.state.allowed = granted
+    with pod_resources_server(socket_path, kubelet_pods()):
+        h = harness(socket_path, api.url)
+        h.view.refresh()
+        endpoints = h.endpoints()
+    assert set(api.state.requests) == granted
+    assert all(e.attribution_note is None or "403" not in e.attribution_note for e in endpoints.values())
+    assert endpoints["cluster-ip"].attribution == "kubernetes"  # list services
+    assert endpoints["slices"].attribution == "kubernetes"  # list endpointslices
