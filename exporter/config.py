@@ -93,6 +93,13 @@ class NvmlConfig(_Strict):
         description='GPUs to export: NVML indices or UUIDs (GPU-…), e.g. [0, 1] or "0,1"; default all. A '
         "device the node does not have stops start-up with an error naming it.",
     )
+    health_interval_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Seconds between reads of the slow-changing GPU health values (ECC, remapped rows, "
+        "limits, PCIe maximum and replays, NVLink states and errors); the first read is at start.",
+    )
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -76,6 +76,17 @@ CLOCK_EVENT_REASONS: dict[str, int] = {
     "display_clock_setting": 0x100,
 }
 
+# XID codes whose events need action, after NVIDIA's Xid catalogue (docs/runbooks/TPWGpuXidError.md says what
+# each means and what to do). The alert rules match exactly these; a GPU whose XID events are being listened
+# for exports each of them from 0, so that the first event is an increase Prometheus can see.
+XID_CRITICAL: tuple[int, ...] = (48, 64, 74, 79, 95)  # drain the node, reset the GPU or reboot
+XID_WARNING: tuple[int, ...] = (63, 92, 94)  # restart the application, reset when convenient, or watch
+XID_ACTIONABLE: tuple[int, ...] = tuple(sorted(XID_CRITICAL + XID_WARNING))
+MAX_XID_CODES = 32  # distinct `xid` label values per GPU; events of any further code count as XID_OTHER
+XID_OTHER = "other"
+# NVLink error counters (nvmlDeviceGetNvLinkErrorCounter), summed over a GPU's links: the `type` label.
+NVLINK_ERROR_TYPES: tuple[str, ...] = ("crc_flit", "crc_data", "replay", "recovery")
+
 
 # What one endpoint's page may bring in (`EndpointConfig` defaults; docs/metrics.md, "Serving endpoints"):
 # the largest page, compressed or not (the biggest real pages, vLLM serving many models, are about 1 MB);
@@ -255,6 +266,35 @@ class Profiling:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuHealth:
+    """What changes slowly or only when something breaks, read on the health cadence
+    (`nvml.health_interval_seconds`, first read at start). None: not supported on this GPU (absent).
+
+    Error counts are NVML's own counters: `volatile` since the driver loaded, `aggregate` over the GPU's life.
+    """
+
+    ecc_corrected_volatile: int | None = None
+    ecc_uncorrected_volatile: int | None = None
+    ecc_corrected_aggregate: int | None = None
+    ecc_uncorrected_aggregate: int | None = None
+    retired_pages_single_bit: int | None = None  # pages retired after multiple single-bit errors
+    retired_pages_double_bit: int | None = None
+    retired_pages_pending: bool | None = None  # a retirement waits for the next driver reload
+    remapped_rows_correctable: int | None = None
+    remapped_rows_uncorrectable: int | None = None
+    row_remap_pending: bool | None = None  # a remap waits for a GPU reset
+    row_remap_failed: bool | None = None  # a remap ever failed
+    power_default_limit_watts: float | None = None
+    sm_clock_max_hertz: float | None = None
+    pcie_max_generation: int | None = None  # the most this GPU and its slot can do
+    pcie_max_width: int | None = None
+    pcie_replays: int | None = None  # counter
+    nvlink_links: int | None = None  # links the GPU has
+    nvlink_links_up: int | None = None
+    nvlink_errors: tuple[tuple[str, int], ...] = ()  # (NVLINK_ERROR_TYPES entry, count over all links)
+
+
+@dataclass(frozen=True, slots=True)
 class GpuSample:
     """One GPU at one tick. `up` False means the GPU could not be read: only `info` and `error` count."""
 
@@ -277,6 +317,13 @@ class GpuSample:
     process_ids: tuple[int, ...] = ()  # compute processes NVML lists on this GPU
     # (pid, mean SM utilisation 0..1 since the last tick), only while several processes share the GPU
     process_sm_ratios: tuple[tuple[int, float], ...] = ()
+    pcie_generation: int | None = None  # current PCIe link (idle GPUs step the generation down)
+    pcie_width: int | None = None
+    nvlink_tx_bytes: float | None = None  # counters over all links (data, without protocol overhead)
+    nvlink_rx_bytes: float | None = None
+    # (XID code or XID_OTHER, events since the exporter started listening); () while not listening
+    xid_errors: tuple[tuple[str, int], ...] = ()
+    health: GpuHealth | None = None  # the latest health-cadence read
 
 
 @dataclass(frozen=True, slots=True)

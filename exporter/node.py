@@ -67,6 +67,7 @@ def build_node(config: Config, command: str) -> Node:
             gpu_timeout_seconds=config.nvml.gpu_timeout_seconds or config.tick_budget_seconds,
             retry_max_seconds=config.nvml.retry_max_seconds,
             devices=config.nvml.devices,
+            health_interval_seconds=config.nvml.health_interval_seconds,
             external_profiler=build_profiler(config),
         )
         try:  # open the GPUs now, so that a device the node lacks is a start-up error, not a log line

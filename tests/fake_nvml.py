@@ -11,6 +11,14 @@ for one GPU during `nvmlGpmMetricsGet` for another gave doubled or zero ratios a
 (docs/multi-gpu.md). The fake keeps one scratch buffer for all GPM calls in the same way, so overlapping
 GPM calls from two threads give wrong numbers too, and are counted in `gpm_overlaps`. `gpm_call_seconds`
 makes each GPM call last that long, so that calls that are not serialised do overlap in a test.
+
+GPU health (issue 14) is faked the same way: ECC counters, retired pages (NOT_SUPPORTED by default, as on an
+H100, which remaps rows instead), remapped rows, limits, the PCIe link, NVLink link states and error
+counters, and XID events delivered through an event set (`nvmlEventSetCreate`, `nvmlDeviceRegisterEvents`,
+`nvmlEventSetWait_v2` filling pynvml's `c_nvmlEventData_t`, raising NVML_ERROR_TIMEOUT when nothing came
+within the timeout). `inject_xid` queues an event for every set the GPU is registered with; a wait blocks in
+real time up to its timeout, or on `event_wait_gate` when a test sets one (a hung driver). An event names its
+GPU by a device pointer, as NVML's do; `nvmlDeviceGetIndex` turns it back into the GPU's index.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -60,6 +69,25 @@ class FakeGpu:
     process_sm: dict[int, float] = field(default_factory=dict)  # pid -> SM utilisation percent
     counters: dict[int, float] = field(default_factory=dict)
     last_integrated: float = 0.0
+    # GPU health. ECC counts by (NVML_MEMORY_ERROR_TYPE_*, NVML_*_ECC counter type).
+    ecc: dict[tuple[int, int], int] = field(
+        default_factory=lambda: {(0, 0): 3, (1, 0): 0, (0, 1): 41, (1, 1): 0}
+    )
+    retired_pages: dict[int, list[int]] | None = None  # cause -> page addresses; None: NOT_SUPPORTED (H100)
+    retired_pages_pending: int | None = None  # None: NOT_SUPPORTED
+    remapped_rows: tuple[int, int, int, int] = (0, 0, 0, 0)  # correctable, uncorrectable, pending, failure
+    power_default_limit_mw: int = 700_000
+    pcie_generation: int = 5
+    pcie_width: int = 16
+    pcie_max_generation: int = 5
+    pcie_max_width: int = 16
+    pcie_replays: int = 0
+    nvlink_states: list[int] = field(default_factory=lambda: [1] * 18)  # []: no NVLink (NOT_SUPPORTED)
+    nvlink_errors: dict[tuple[int, int], int] = field(default_factory=dict)  # (link, counter) -> count
+    nvlink_tx_kib: int = 1_000
+    nvlink_rx_kib: int = 2_000
+    xid_events: bool = True  # nvmlDeviceGetSupportedEventTypes includes nvmlEventTypeXidCriticalError
+    field_errors: dict[int, int] = field(default_factory=dict)  # field id -> its nvmlReturn in field values
 
 
 class FakeNvml:
@@ -85,7 +113,13 @@ class FakeNvml:
         self.clock = clock
         self.init_error = init_error
         self.calls: dict[str, int] = {}
+        self.errors: dict[str, int] = {}  # system (handle-less) function name -> NVML return code to raise
+        self.field_requests: list[list[Any]] = []  # the field ids (or (id, scope) pairs) of every call
         self.initialised = False
+        self._event_lock = threading.Condition()
+        self._event_sets: dict[int, tuple[set[int], deque[tuple[int, int]]]] = {}  # id -> (GPUs, events)
+        self.event_sets_freed = 0
+        self.event_wait_gate: threading.Event | None = None  # when set, waits block on it (a hung driver)
         self._samples: dict[int, tuple[int, float, dict[int, float]]] = {}
         self._next_sample = 1
         for gpu in gpus:
@@ -95,6 +129,8 @@ class FakeNvml:
     def _enter(self, name: str, handle: int | None = None) -> FakeGpu | None:
         self.calls[name] = self.calls.get(name, 0) + 1
         if handle is None:
+            if name in self.errors:
+                raise NVMLError(self.errors[name])
             return None
         gpu = self.gpus[handle]
         if gpu.block is not None:
@@ -167,7 +203,7 @@ class FakeNvml:
         return 5120
 
     def nvmlDeviceGetMaxClockInfo(self, handle: int, clock_type: int) -> int:
-        self._enter("nvmlDeviceGetMaxClockInfo", handle)
+        self._enter("nvmlDeviceGetMaxClockInfo", handle)  # MEM: 2619, SM: 1980 (H100 SXM)
         return 2619 if clock_type == pynvml.NVML_CLOCK_MEM else 1980
 
     def nvmlGpmQueryDeviceSupport(self, handle: int) -> Any:
@@ -175,12 +211,25 @@ class FakeNvml:
         return SimpleNamespace(isSupportedDevice=1 if gpu.gpm_supported else 0)
 
     # -- per tick ---------------------------------------------------------------------------------------
-    def nvmlDeviceGetFieldValues(self, handle: int, field_ids: list[int]) -> Any:
+    def nvmlDeviceGetFieldValues(self, handle: int, field_ids: list[Any]) -> Any:
+        """As pynvml's: each entry a field id, or a (field id, scope id) pair; per-field nvmlReturn."""
         gpu = self._enter("nvmlDeviceGetFieldValues", handle)
+        self.field_requests.append(list(field_ids))
         values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
-        for slot, field_id in enumerate(field_ids):
+        for slot, entry in enumerate(field_ids):
+            field_id, scope = entry if isinstance(entry, tuple) else (entry, 0)
             values[slot].fieldId = field_id
-            if field_id == pynvml.NVML_FI_DEV_POWER_INSTANT:
+            values[slot].scopeId = scope
+            nvlink = bool(gpu.nvlink_states)
+            if field_id in gpu.field_errors:
+                values[slot].nvmlReturn = gpu.field_errors[field_id]
+            elif field_id == pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT and nvlink:
+                values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+                values[slot].value.uiVal = len(gpu.nvlink_states)
+            elif field_id in (138, 139) and nvlink and scope == 0xFFFFFFFF:  # THROUGHPUT_DATA_TX/RX, KiB
+                values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                values[slot].value.ullVal = gpu.nvlink_tx_kib if field_id == 138 else gpu.nvlink_rx_kib
+            elif field_id == pynvml.NVML_FI_DEV_POWER_INSTANT:
                 values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
                 values[slot].value.uiVal = gpu.power_mw
             elif field_id == pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
@@ -189,6 +238,119 @@ class FakeNvml:
             else:
                 values[slot].nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
         return values
+
+    # -- GPU health ------------------------------------------------------------------------------------
+    def nvmlDeviceGetTotalEccErrors(self, handle: int, error_type: int, counter_type: int) -> int:
+        gpu = self._enter("nvmlDeviceGetTotalEccErrors", handle)
+        return gpu.ecc[error_type, counter_type]
+
+    def nvmlDeviceGetRetiredPages(self, handle: int, cause: int) -> list[int]:
+        gpu = self._enter("nvmlDeviceGetRetiredPages", handle)
+        if gpu.retired_pages is None:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return list(gpu.retired_pages.get(cause, []))
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, handle: int) -> int:
+        gpu = self._enter("nvmlDeviceGetRetiredPagesPendingStatus", handle)
+        if gpu.retired_pages_pending is None:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return gpu.retired_pages_pending
+
+    def nvmlDeviceGetRemappedRows(self, handle: int) -> tuple[int, int, int, int]:
+        return self._enter("nvmlDeviceGetRemappedRows", handle).remapped_rows
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, handle: int) -> int:
+        return self._enter("nvmlDeviceGetPowerManagementDefaultLimit", handle).power_default_limit_mw
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: int) -> int:
+        return self._enter("nvmlDeviceGetCurrPcieLinkGeneration", handle).pcie_generation
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: int) -> int:
+        return self._enter("nvmlDeviceGetCurrPcieLinkWidth", handle).pcie_width
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: int) -> int:
+        return self._enter("nvmlDeviceGetMaxPcieLinkGeneration", handle).pcie_max_generation
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, handle: int) -> int:
+        return self._enter("nvmlDeviceGetMaxPcieLinkWidth", handle).pcie_max_width
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle: int) -> int:
+        return self._enter("nvmlDeviceGetPcieReplayCounter", handle).pcie_replays
+
+    def _link(self, name: str, handle: int, link: int) -> FakeGpu:
+        gpu = self._enter(name, handle)
+        if not gpu.nvlink_states:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if not 0 <= link < len(gpu.nvlink_states):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return gpu
+
+    def nvmlDeviceGetNvLinkState(self, handle: int, link: int) -> int:
+        return self._link("nvmlDeviceGetNvLinkState", handle, link).nvlink_states[link]
+
+    def nvmlDeviceGetNvLinkErrorCounter(self, handle: int, link: int, counter: int) -> int:
+        gpu = self._link("nvmlDeviceGetNvLinkErrorCounter", handle, link)
+        return gpu.nvlink_errors.get((link, counter), 0)
+
+    # -- events -------------------------------------------------------------------------------------------
+    def nvmlDeviceGetIndex(self, device: Any) -> int:
+        """A GPU's index from a handle, or from an event's device pointer (address = index + 1)."""
+        self._enter("nvmlDeviceGetIndex")
+        if isinstance(device, int):
+            return device
+        return ctypes.cast(device, ctypes.c_void_p).value - 1
+
+    def nvmlDeviceGetSupportedEventTypes(self, handle: int) -> int:
+        gpu = self._enter("nvmlDeviceGetSupportedEventTypes", handle)
+        xid = pynvml.nvmlEventTypeXidCriticalError if gpu.xid_events else 0
+        return xid | pynvml.nvmlEventTypeSingleBitEccError | pynvml.nvmlEventTypeDoubleBitEccError
+
+    def nvmlEventSetCreate(self) -> Any:
+        self._enter("nvmlEventSetCreate")
+        with self._event_lock:
+            set_id = len(self._event_sets) + 1
+            self._event_sets[set_id] = (set(), deque())
+        return ctypes.cast(ctypes.c_void_p(set_id), pynvml.c_nvmlEventSet_t)
+
+    def _event_set(self, event_set: Any) -> tuple[set[int], deque[tuple[int, int]]]:
+        return self._event_sets[ctypes.cast(event_set, ctypes.c_void_p).value]
+
+    def nvmlDeviceRegisterEvents(self, handle: int, event_types: int, event_set: Any) -> None:
+        gpu = self._enter("nvmlDeviceRegisterEvents", handle)
+        if event_types & ~self.nvmlDeviceGetSupportedEventTypes(handle):
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        assert gpu is not None
+        with self._event_lock:
+            self._event_set(event_set)[0].add(handle)
+
+    def inject_xid(self, index: int, xid: int) -> None:
+        """The driver reports XID `xid` on GPU `index`: queued on every event set it is registered with."""
+        with self._event_lock:
+            for gpus, queue in self._event_sets.values():
+                if index in gpus:
+                    queue.append((index, xid))
+            self._event_lock.notify_all()
+
+    def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
+        self._enter("nvmlEventSetWait_v2")
+        gate = self.event_wait_gate
+        if gate is not None:
+            gate.wait(10)
+        with self._event_lock:
+            queue = self._event_set(event_set)[1]
+            self._event_lock.wait_for(lambda: bool(queue), timeout_ms / 1000)
+            if not queue:
+                raise NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+            index, xid = queue.popleft()
+        data = pynvml.c_nvmlEventData_t()
+        data.device = ctypes.cast(ctypes.c_void_p(index + 1), pynvml.c_nvmlDevice_t)
+        data.eventType = pynvml.nvmlEventTypeXidCriticalError
+        data.eventData = xid
+        return data
+
+    def nvmlEventSetFree(self, event_set: Any) -> None:
+        self._enter("nvmlEventSetFree")
+        self.event_sets_freed += 1
 
     def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
         return self._enter("nvmlDeviceGetPowerUsage", handle).power_mw

@@ -14,7 +14,16 @@ from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 
 from exporter import __version__
-from exporter.model import CLOCK_EVENT_REASONS, PROFILING_RATES, GpuSample, Profiling, Snapshot
+from exporter.model import (
+    CLOCK_EVENT_REASONS,
+    MAX_XID_CODES,
+    PROFILING_RATES,
+    XID_OTHER,
+    GpuHealth,
+    GpuSample,
+    Profiling,
+    Snapshot,
+)
 from exporter.render.families import GaugeTable, gauge, table_families
 from exporter.render.writer import expositions
 
@@ -130,7 +139,157 @@ def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
                 )
     yield clock_events
 
+    yield from _health_families(live)
     yield from _profiling_families(live)
+
+
+def _health(getter: Callable[[GpuHealth], float | bool | None]) -> Callable[[GpuSample], float | None]:
+    """A getter of the GPU's latest health read (None without one); flags become 1 / 0."""
+
+    def value(gpu: GpuSample) -> float | None:
+        found = getter(gpu.health) if gpu.health is not None else None
+        return float(found) if found is not None else None
+
+    return value
+
+
+# (metric name, help, value getter) of the per-GPU health gauges (docs/metrics.md, "GPU health").
+GPU_HEALTH_GAUGES: GaugeTable[GpuSample] = (
+    (
+        "tpw_gpu_power_default_limit_watts",
+        "Default power limit of the board (NVML). An enforced limit below it was lowered on purpose.",
+        _health(lambda h: h.power_default_limit_watts),
+    ),
+    (
+        "tpw_gpu_sm_clock_max_hertz",
+        "Maximum SM clock of the GPU (NVML max clock info).",
+        _health(lambda h: h.sm_clock_max_hertz),
+    ),
+    (
+        "tpw_gpu_pcie_link_generation",
+        "Current PCIe link generation. An idle GPU steps it down to save power; under load it should "
+        "equal tpw_gpu_pcie_link_max_generation.",
+        lambda g: g.pcie_generation,
+    ),
+    (
+        "tpw_gpu_pcie_link_width",
+        "Current PCIe link width in lanes; below tpw_gpu_pcie_link_max_width the link trained degraded.",
+        lambda g: g.pcie_width,
+    ),
+    (
+        "tpw_gpu_pcie_link_max_generation",
+        "Highest PCIe link generation this GPU and its slot can do together (NVML).",
+        _health(lambda h: h.pcie_max_generation),
+    ),
+    (
+        "tpw_gpu_pcie_link_max_width",
+        "Widest PCIe link this GPU and its slot can do together, in lanes (NVML).",
+        _health(lambda h: h.pcie_max_width),
+    ),
+    (
+        "tpw_gpu_row_remap_pending",
+        "1 while a memory row remap waits for a GPU reset (NVML remapped rows; Ampere and newer).",
+        _health(lambda h: h.row_remap_pending),
+    ),
+    (
+        "tpw_gpu_row_remap_failed",
+        "1 if a memory row remap ever failed on this GPU (NVML remapped rows): the GPU needs service.",
+        _health(lambda h: h.row_remap_failed),
+    ),
+    (
+        "tpw_gpu_retired_pages_pending",
+        "1 while a memory page retirement waits for the next driver reload (GPUs before Ampere).",
+        _health(lambda h: h.retired_pages_pending),
+    ),
+    (
+        "tpw_gpu_nvlink_links",
+        "NVLink links this GPU has (whose state NVML reports).",
+        _health(lambda h: h.nvlink_links),
+    ),
+    (
+        "tpw_gpu_nvlink_links_up",
+        "NVLink links up (active) now.",
+        _health(lambda h: h.nvlink_links_up),
+    ),
+)
+
+
+def _health_families(gpus: list[GpuSample]) -> Iterator[Metric]:
+    """XID, ECC and interconnect counters, and the health gauges, of the GPUs that are up."""
+    yield from table_families(GPU_HEALTH_GAUGES, ["gpu"], [((str(gpu.info.index),), gpu) for gpu in gpus])
+    xid = CounterMetricFamily(
+        "tpw_gpu_xid_errors",
+        "XID errors the driver reported for this GPU (NVML events) since the exporter started listening, by "
+        f"code; every actionable code from 0, codes past the first {MAX_XID_CODES} as xid {XID_OTHER}. "
+        "NVIDIA's Xid catalogue says what each means.",
+        labels=["gpu", "xid"],
+    )
+    ecc = CounterMetricFamily(
+        "tpw_gpu_ecc_errors",
+        "ECC memory errors since the driver loaded (NVML volatile counts), type corrected or uncorrected.",
+        labels=["gpu", "type"],
+    )
+    ecc_aggregate = CounterMetricFamily(
+        "tpw_gpu_ecc_aggregate_errors",
+        "ECC memory errors over the GPU's life (NVML aggregate counts), type corrected or uncorrected.",
+        labels=["gpu", "type"],
+    )
+    retired = gauge(
+        "tpw_gpu_retired_pages",
+        "Memory pages retired (GPUs before Ampere), by cause: single_bit (repeated correctable errors) or "
+        "double_bit (an uncorrectable error).",
+        ["gpu", "cause"],
+    )
+    remapped = gauge(
+        "tpw_gpu_remapped_rows",
+        "Memory rows remapped to spare rows (Ampere and newer), by the cause: correctable or uncorrectable "
+        "errors.",
+        ["gpu", "cause"],
+    )
+    replays = CounterMetricFamily(
+        "tpw_gpu_pcie_replays",
+        "PCIe replays (link-level retransmissions) since the driver loaded: a steady rise is a bad link.",
+        labels=["gpu"],
+    )
+    nvlink_bytes = CounterMetricFamily(
+        "tpw_gpu_nvlink_bytes",
+        "NVLink data bytes over all links, direction tx (sent) or rx (received), protocol overhead excluded.",
+        labels=["gpu", "direction"],
+    )
+    nvlink_errors = CounterMetricFamily(
+        "tpw_gpu_nvlink_errors",
+        "NVLink errors summed over the GPU's links, by type: crc_flit, crc_data, replay, recovery.",
+        labels=["gpu", "type"],
+    )
+    for gpu in gpus:
+        label = str(gpu.info.index)
+        for code, count in gpu.xid_errors:
+            xid.add_metric([label, code], float(count))
+        if gpu.nvlink_tx_bytes is not None:
+            nvlink_bytes.add_metric([label, "tx"], gpu.nvlink_tx_bytes)
+        if gpu.nvlink_rx_bytes is not None:
+            nvlink_bytes.add_metric([label, "rx"], gpu.nvlink_rx_bytes)
+        health = gpu.health
+        if health is None:
+            continue
+        pairs = (
+            (ecc, "corrected", health.ecc_corrected_volatile),
+            (ecc, "uncorrected", health.ecc_uncorrected_volatile),
+            (ecc_aggregate, "corrected", health.ecc_corrected_aggregate),
+            (ecc_aggregate, "uncorrected", health.ecc_uncorrected_aggregate),
+            (retired, "single_bit", health.retired_pages_single_bit),
+            (retired, "double_bit", health.retired_pages_double_bit),
+            (remapped, "correctable", health.remapped_rows_correctable),
+            (remapped, "uncorrectable", health.remapped_rows_uncorrectable),
+        )
+        for family, kind, value in pairs:
+            if value is not None:
+                family.add_metric([label, kind], float(value))
+        if health.pcie_replays is not None:
+            replays.add_metric([label], float(health.pcie_replays))
+        for kind, count in health.nvlink_errors:
+            nvlink_errors.add_metric([label, kind], float(count))
+    yield from (xid, ecc, ecc_aggregate, retired, remapped, replays, nvlink_bytes, nvlink_errors)
 
 
 def _profiling_metric(key: str) -> str:

@@ -21,6 +21,15 @@ Failure policy:
 - a read that hangs past the GPU time limit: that GPU reports up 0; it is not asked again until the
   hung call returns, so hung calls never pile up threads;
 - a GPM call that hangs: every GPU keeps reporting, without profiling metrics, until it returns.
+
+GPU health (docs/metrics.md, "GPU health"): values that change slowly or only when something breaks (ECC
+counts, retired pages and remapped rows, the default power limit, the maximum SM clock, the PCIe link's
+maximum and its replay counter, NVLink link states and error counters) are read on their own cadence,
+`health_interval_seconds` (first at start), by the GPU's worker in the tick that is due; the current PCIe
+link and the NVLink byte counters are read every tick. XID errors arrive as NVML events: one thread,
+`nvml-xid`, waits on an event set for every GPU (`XidWatcher`) and counts them; a tick only copies the
+counts. Each of these is optional: NOT_SUPPORTED, FUNCTION_NOT_FOUND or a pynvml without the function makes
+it absent and it is not asked again; any other error leaves the GPU up and the other values flowing.
 """
 
 from __future__ import annotations
@@ -29,13 +38,25 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
-from exporter.model import MIB, GpuInfo, GpuSample, NodeInfo, Profiling
+from exporter.model import (
+    MAX_XID_CODES,
+    MIB,
+    NVLINK_ERROR_TYPES,
+    XID_ACTIONABLE,
+    XID_OTHER,
+    GpuHealth,
+    GpuInfo,
+    GpuSample,
+    NodeInfo,
+    Profiling,
+)
 from exporter.sources.base import Collected, ExternalProfiler, ExternalProfiles, Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -58,13 +79,32 @@ GPM_RATE_METRICS: dict[str, int] = {
 
 # Return codes that mean the GPU itself is gone or unusable, not just one field.
 GPU_DOWN_CODES = frozenset({15, 16, 28, 999})  # GPU_IS_LOST, RESET_REQUIRED, GPU_NOT_FOUND, UNKNOWN
+INVALID_ARGUMENT = 2
 NOT_SUPPORTED = 3
 NOT_FOUND = 6
+TIMEOUT = 10
+FUNCTION_NOT_FOUND = 13  # the driver's NVML library lacks the function
+# A field the GPU (or this driver) does not have: absent, never asked again.
+UNSUPPORTED_CODES = frozenset({NOT_SUPPORTED, FUNCTION_NOT_FOUND})
 FIELD_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, milliwatts
 FIELD_TOTAL_ENERGY = 83  # NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, millijoules
 CLOCK_SM = 1  # NVML_CLOCK_SM
 CLOCK_MEM = 2  # NVML_CLOCK_MEM
 TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
+
+# GPU health (see the module docstring).
+ECC_TYPES = {"corrected": 0, "uncorrected": 1}  # NVML_MEMORY_ERROR_TYPE_*
+ECC_COUNTERS = {"volatile": 0, "aggregate": 1}  # NVML_VOLATILE_ECC, NVML_AGGREGATE_ECC
+RETIREMENT_CAUSES = {"single_bit": 0, "double_bit": 1}  # NVML_PAGE_RETIREMENT_CAUSE_*
+FIELD_NVLINK_LINK_COUNT = 91  # NVML_FI_DEV_NVLINK_LINK_COUNT: links the GPU has
+FIELD_NVLINK_TX = 138  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, KiB; scopeId a link, or ALL_LINKS
+FIELD_NVLINK_RX = 139  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
+ALL_LINKS = 0xFFFFFFFF  # scopeId UINT_MAX: "aggregate value summed up across all links" (nvml.h)
+NVLINK_MAX_LINKS = 18  # probed when the link count field is unavailable (pynvml's NVML_NVLINK_MAX_LINKS wins)
+NVLINK_ACTIVE = 1  # nvmlDeviceGetNvLinkState: NVML_FEATURE_ENABLED
+# NVML_NVLINK_ERROR_DL_* counter ids by NVLINK_ERROR_TYPES entry.
+NVLINK_ERROR_COUNTERS = {"replay": 0, "recovery": 1, "crc_flit": 2, "crc_data": 3}
+EVENT_XID = 0x8  # nvmlEventTypeXidCriticalError; the event's eventData is the XID code
 
 
 class GpuDown(Exception):
@@ -94,9 +134,20 @@ def _field_number(field_value: Any) -> float:
 
 class GpuReader:
     """Reads one GPU. `read` runs on the GPU's worker thread, `read_profiling` only on the GPM thread; each
-    is never called again before its previous call returned."""
+    is never called again before its previous call returned.
 
-    def __init__(self, nvml: ModuleType, index: int, profiling: bool, clock: Callable[[], float]) -> None:
+    `health_interval` (seconds) is the cadence of the health read (`_read_health`); None reads none of the
+    health values, nor the per-tick PCIe link and NVLink counters (the exporter before issue 14).
+    """
+
+    def __init__(
+        self,
+        nvml: ModuleType,
+        index: int,
+        profiling: bool,
+        clock: Callable[[], float],
+        health_interval: float | None = 30.0,
+    ) -> None:
         self._nvml = nvml
         self._clock = clock
         self.index = index
@@ -104,6 +155,11 @@ class GpuReader:
         self._reported: set[tuple[str, int | None]] = set()
         self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
         self.info = self._read_info(index, profiling)
+        self._health_interval = health_interval
+        self._health: GpuHealth | None = None
+        self._health_due = -float("inf")  # the first tick reads it
+        self._nvlink_errors: dict[tuple[int, str], int] = {}  # (link, type) → last count read
+        self._nvlink_links: tuple[int, ...] | None = None  # found in the first tick (`_links`)
         self._gpm_samples: list[Any] = []
         self._gpm_previous: tuple[Any, float] | None = None
         self._process_utilization_seen = 0  # NVML timestamp (µs) of the newest per-process sample read
@@ -140,21 +196,23 @@ class GpuReader:
         )
 
     # -- one call, with the failure policy --------------------------------------------------------------
-    def _optional(self, field: str, function: Callable[..., Any], *args: Any) -> Any:
-        """Call NVML; None when the field is unsupported or errs; GpuDown when the GPU is gone."""
+    def _optional(self, field: str, function: Callable[..., Any] | str, *args: Any) -> Any:
+        """Call NVML; None when the field is unsupported or errs; GpuDown when the GPU is gone. A function
+        given by name is looked up here, so that a pynvml without it makes the field unsupported."""
         return self._attempt(field, function, *args)[1]
 
-    def _attempt(self, field: str, function: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    def _attempt(self, field: str, function: Callable[..., Any] | str, *args: Any) -> tuple[bool, Any]:
         """(True, result) or (False, None) after applying the failure policy to NVML's error."""
         if field in self._unsupported:
             return False, None
         try:
-            return True, function(*args)
+            call = getattr(self._nvml, function) if isinstance(function, str) else function
+            return True, call(*args)
         except self._nvml.NVMLError as exc:
             code = _error_code(exc)
             if code in GPU_DOWN_CODES:
                 raise GpuDown(f"{field}: {exc}") from None
-            if code == NOT_SUPPORTED:
+            if code in UNSUPPORTED_CODES:
                 self._unsupported.add(field)
             self._report_once(field, code, str(exc))
             return False, None
@@ -165,7 +223,7 @@ class GpuReader:
     def _report_once(self, field: str, code: int | None, message: str) -> None:
         if (field, code) not in self._reported:
             self._reported.add((field, code))
-            level = logging.DEBUG if code == NOT_SUPPORTED else logging.WARNING
+            level = logging.DEBUG if code in UNSUPPORTED_CODES else logging.WARNING
             log.log(level, "gpu %d: %s unavailable: %s", self.index, field, message)
 
     # -- one tick ------------------------------------------------------------------------------------------
@@ -191,6 +249,12 @@ class GpuReader:
         reasons = self._clock_event_reasons()
         processes = self._optional("processes", nvml.nvmlDeviceGetComputeRunningProcesses, handle)
         process_ids = tuple(sorted({int(p.pid) for p in processes})) if processes else ()
+        pcie_generation = pcie_width = None
+        nvlink_tx = nvlink_rx = None
+        if self._health_interval is not None:
+            pcie_generation = self._optional("pcie_generation", "nvmlDeviceGetCurrPcieLinkGeneration", handle)
+            pcie_width = self._optional("pcie_width", "nvmlDeviceGetCurrPcieLinkWidth", handle)
+            nvlink_tx, nvlink_rx = self._nvlink_bytes()
         return GpuSample(
             info=self.info,
             timestamp=started,
@@ -207,7 +271,160 @@ class GpuReader:
             clock_event_reasons=int(reasons) if reasons is not None else None,
             process_ids=process_ids,
             process_sm_ratios=self._process_sm_ratios() if len(process_ids) > 1 else (),
+            pcie_generation=int(pcie_generation) if pcie_generation is not None else None,
+            pcie_width=int(pcie_width) if pcie_width is not None else None,
+            nvlink_tx_bytes=nvlink_tx,
+            nvlink_rx_bytes=nvlink_rx,
+            health=self._health_now(),
         )
+
+    # -- GPU health ------------------------------------------------------------------------------------------
+    def _health_now(self) -> GpuHealth | None:
+        """The latest health read, or a new one when it is due (a GPU lost midway: tried again next tick)."""
+        if self._health_interval is None:
+            return None
+        now = self._clock()
+        if now >= self._health_due:
+            self._health = self._read_health()
+            self._health_due = now + self._health_interval
+        return self._health
+
+    def _read_health(self) -> GpuHealth:
+        handle = self.handle
+        ecc = {
+            (kind, counter): self._optional(
+                f"ecc_{kind}_{counter}", "nvmlDeviceGetTotalEccErrors", handle, error_type, counter_type
+            )
+            for kind, error_type in ECC_TYPES.items()
+            for counter, counter_type in ECC_COUNTERS.items()
+        }
+        retired = {
+            cause: self._optional(f"retired_pages_{cause}", "nvmlDeviceGetRetiredPages", handle, source)
+            for cause, source in RETIREMENT_CAUSES.items()
+        }
+        retired_pending = self._optional(
+            "retired_pages_pending", "nvmlDeviceGetRetiredPagesPendingStatus", handle
+        )
+        remap = self._optional("remapped_rows", "nvmlDeviceGetRemappedRows", handle)
+        default_limit_mw = self._optional(
+            "power_default_limit", "nvmlDeviceGetPowerManagementDefaultLimit", handle
+        )
+        sm_max_mhz = self._optional("max_sm_clock", "nvmlDeviceGetMaxClockInfo", handle, CLOCK_SM)
+        max_generation = self._optional("pcie_max_generation", "nvmlDeviceGetMaxPcieLinkGeneration", handle)
+        max_width = self._optional("pcie_max_width", "nvmlDeviceGetMaxPcieLinkWidth", handle)
+        replays = self._optional("pcie_replays", "nvmlDeviceGetPcieReplayCounter", handle)
+        links_up, nvlink_errors = self._nvlink_health()
+
+        def count(value: Any) -> int | None:
+            return int(value) if value is not None else None
+
+        def flag(value: Any) -> bool | None:
+            return bool(value) if value is not None else None
+
+        def pages(addresses: Any) -> int | None:
+            return len(addresses) if addresses is not None else None
+
+        return GpuHealth(
+            ecc_corrected_volatile=count(ecc["corrected", "volatile"]),
+            ecc_uncorrected_volatile=count(ecc["uncorrected", "volatile"]),
+            ecc_corrected_aggregate=count(ecc["corrected", "aggregate"]),
+            ecc_uncorrected_aggregate=count(ecc["uncorrected", "aggregate"]),
+            retired_pages_single_bit=pages(retired["single_bit"]),
+            retired_pages_double_bit=pages(retired["double_bit"]),
+            retired_pages_pending=flag(retired_pending),
+            remapped_rows_correctable=count(remap[0]) if remap is not None else None,
+            remapped_rows_uncorrectable=count(remap[1]) if remap is not None else None,
+            row_remap_pending=flag(remap[2]) if remap is not None else None,
+            row_remap_failed=flag(remap[3]) if remap is not None else None,
+            power_default_limit_watts=default_limit_mw / 1000 if default_limit_mw is not None else None,
+            sm_clock_max_hertz=sm_max_mhz * 1e6 if sm_max_mhz is not None else None,
+            pcie_max_generation=count(max_generation),
+            pcie_max_width=count(max_width),
+            pcie_replays=count(replays),
+            nvlink_links=len(self._links()) or None,
+            nvlink_links_up=links_up,
+            nvlink_errors=nvlink_errors,
+        )
+
+    def _probe(self, function: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        """(True, result), or (False, None) for any error but a lost GPU: for probing what exists."""
+        try:
+            return True, function(*args)
+        except self._nvml.NVMLError as exc:
+            if _error_code(exc) in GPU_DOWN_CODES:
+                raise GpuDown(f"{getattr(function, '__name__', 'nvml')}: {exc}") from None
+            return False, None
+        except AttributeError:
+            return False, None
+
+    def _links(self) -> tuple[int, ...]:
+        """The links whose state NVML reports (of the link count field, else probed); () without NVLink.
+        Found once, in the first tick (a GPU lost then is up 0 and tried again next tick)."""
+        if self._nvlink_links is None:
+            self._nvlink_links = self._discover_nvlinks()
+        return self._nvlink_links
+
+    def _discover_nvlinks(self) -> tuple[int, ...]:
+        nvml, handle = self._nvml, self.handle
+        ok, values = self._probe(nvml.nvmlDeviceGetFieldValues, handle, [FIELD_NVLINK_LINK_COUNT])
+        count = getattr(nvml, "NVML_NVLINK_MAX_LINKS", NVLINK_MAX_LINKS)
+        if ok and values[0].nvmlReturn == 0:
+            count = int(_field_number(values[0]))
+        state = getattr(nvml, "nvmlDeviceGetNvLinkState", None)
+        if state is None:
+            return ()
+        links = tuple(link for link in range(count) if self._probe(state, handle, link)[0])
+        log.debug("gpu %d: NVLink links %s", self.index, list(links) or "none")
+        return links
+
+    def _nvlink_health(self) -> tuple[int | None, tuple[tuple[str, int], ...]]:
+        """Links up, and each error counter summed over the links (a link's last count is kept while it is
+        down, so the sums never go backwards when a link drops)."""
+        links = self._links()
+        if not links:
+            return None, ()
+        handle = self.handle
+        answered = up = 0
+        for link in links:
+            state = self._optional(f"nvlink_state_{link}", "nvmlDeviceGetNvLinkState", handle, link)
+            if state is None:
+                continue
+            answered += 1
+            if state != NVLINK_ACTIVE:
+                continue
+            up += 1
+            for name, counter in NVLINK_ERROR_COUNTERS.items():
+                field = f"nvlink_{name}_errors_{link}"
+                value = self._optional(field, "nvmlDeviceGetNvLinkErrorCounter", handle, link, counter)
+                if value is not None:
+                    self._nvlink_errors[link, name] = int(value)
+        totals = tuple(
+            (name, sum(value for (_, kind), value in self._nvlink_errors.items() if kind == name))
+            for name in NVLINK_ERROR_TYPES
+            if any(kind == name for _, kind in self._nvlink_errors)
+        )
+        return (up if answered else None), totals
+
+    def _nvlink_bytes(self) -> tuple[float | None, float | None]:
+        """NVLink data bytes sent and received over all links (counters), one field-values call a tick."""
+        field = "nvlink_throughput"
+        if field in self._unsupported or not self._links():
+            return None, None
+        request = [(FIELD_NVLINK_TX, ALL_LINKS), (FIELD_NVLINK_RX, ALL_LINKS)]
+        values = self._optional(field, self._nvml.nvmlDeviceGetFieldValues, self.handle, request)
+        if values is None:
+            return None, None
+        found: dict[int, float] = {}
+        for value in values:
+            if value.nvmlReturn in GPU_DOWN_CODES:
+                raise GpuDown(f"field {value.fieldId}: NVML return {value.nvmlReturn}")
+            if value.nvmlReturn in UNSUPPORTED_CODES or value.nvmlReturn == INVALID_ARGUMENT:
+                self._unsupported.add(field)  # INVALID_ARGUMENT: a driver without the all-links scope
+                self._report_once(field, value.nvmlReturn, f"NVML return {value.nvmlReturn}")
+                return None, None
+            if value.nvmlReturn == 0:
+                found[value.fieldId] = _field_number(value) * 1024  # KiB
+        return found.get(FIELD_NVLINK_TX), found.get(FIELD_NVLINK_RX)
 
     def _power_and_energy(self) -> tuple[float | None, float | None, float | None]:
         """Instant power (W) and the energy counter (J) in one NVML call where the GPU has field values."""
@@ -323,6 +540,140 @@ class GpuReader:
         self._gpm_samples = []
 
 
+class XidWatcher:
+    """Counts the XID events of every GPU it could register, from one NVML event set, on its own thread.
+
+    The thread blocks in `nvmlEventSetWait_v2` for at most `wait_seconds`, never holding the lock while it
+    waits; a tick only copies the counts under the lock (`counts`), so no tick ever waits on an event. Each
+    GPU's actionable XIDs (`XID_ACTIONABLE`) start at 0; at most `MAX_XID_CODES` codes get their own label,
+    later ones count as `other`. A GPU that cannot be registered (no XID events on it, an old driver) has no
+    XID series; an event set that cannot be created, or a wait that keeps failing, leaves every other metric
+    as it was. Counts start when the exporter does: NVML delivers no event from before.
+    """
+
+    def __init__(self, nvml: ModuleType, wait_seconds: float = 0.5) -> None:
+        self._nvml = nvml
+        self._wait_ms = max(1, round(wait_seconds * 1000))
+        self._lock = threading.Lock()
+        self._counts: dict[int, dict[str, int]] = {}  # GPU index → code → events
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._event_set: Any = None
+        self._reported: set[int | None] = set()
+
+    def start(self, readers: Sequence[GpuReader]) -> None:
+        nvml = self._nvml
+        wait = getattr(nvml, "nvmlEventSetWait_v2", None) or getattr(nvml, "nvmlEventSetWait", None)
+        try:
+            if wait is None:
+                raise AttributeError("this pynvml has no nvmlEventSetWait")
+            self._event_set = nvml.nvmlEventSetCreate()
+        except (nvml.NVMLError, AttributeError) as exc:
+            log.warning("XID errors not collected: no NVML event set (%s)", exc)
+            return
+        for reader in readers:
+            if self._register(reader):
+                self._counts[reader.index] = {str(code): 0 for code in XID_ACTIONABLE}
+        if not self._counts:
+            log.info("XID errors not collected: no GPU delivers XID events")
+            self._free()
+            return
+        self._thread = threading.Thread(target=self._run, args=(wait,), name="nvml-xid", daemon=True)
+        self._thread.start()
+        log.info("XID events: listening on GPU(s) %s", sorted(self._counts))
+
+    def _register(self, reader: GpuReader) -> bool:
+        nvml = self._nvml
+        try:
+            if not nvml.nvmlDeviceGetSupportedEventTypes(reader.handle) & EVENT_XID:
+                log.info("gpu %d: no XID events on this GPU", reader.index)
+                return False
+            nvml.nvmlDeviceRegisterEvents(reader.handle, EVENT_XID, self._event_set)
+        except nvml.NVMLError as exc:
+            level = logging.INFO if _error_code(exc) in UNSUPPORTED_CODES else logging.WARNING
+            log.log(level, "gpu %d: XID events unavailable: %s", reader.index, exc)
+            return False
+        except AttributeError:
+            return False
+        return True
+
+    def _run(self, wait: Callable[[Any, int], Any]) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                data = wait(self._event_set, self._wait_ms)
+            except self._nvml.NVMLError as exc:
+                if _error_code(exc) == TIMEOUT:
+                    continue
+                self._report_once(_error_code(exc), str(exc))
+            except Exception as exc:  # a bug here must not end XID counting for good
+                self._report_once(None, f"{type(exc).__name__}: {exc}")
+            else:
+                backoff = 0.5
+                self._count(data)
+                continue
+            self._stop.wait(backoff)  # a failing wait: retry, backing off, without spinning
+            backoff = min(backoff * 2, 10.0)
+
+    def _report_once(self, code: int | None, message: str) -> None:
+        if code not in self._reported:
+            self._reported.add(code)
+            log.warning("XID events: waiting failed (%s); retrying", message)
+
+    def _count(self, data: Any) -> None:
+        if not int(data.eventType) & EVENT_XID:
+            return
+        try:  # the event names its GPU by handle; NVML says which index that is
+            index = int(self._nvml.nvmlDeviceGetIndex(data.device))
+        except (self._nvml.NVMLError, AttributeError) as exc:
+            log.warning("XID %d on a GPU NVML cannot name (%s): not counted", int(data.eventData), exc)
+            return
+        if index not in self._counts:
+            return
+        xid = int(data.eventData)
+        code = str(xid)
+        with self._lock:
+            counts = self._counts[index]
+            if code not in counts and len(counts) - (XID_OTHER in counts) >= MAX_XID_CODES:
+                code = XID_OTHER
+            counts[code] = counts.get(code, 0) + 1
+            first = counts[code] == 1
+        # once per GPU and code at warning (an application can repeat an XID thousands of times)
+        log.log(logging.WARNING if first else logging.DEBUG, "gpu %d: XID %d", index, xid)
+
+    def counts(self) -> dict[int, tuple[tuple[str, int], ...]]:
+        """Every listened GPU's (code, events) pairs, codes in numeric order and `other` last."""
+        with self._lock:
+            copies = {index: dict(counts) for index, counts in self._counts.items()}
+        return {index: tuple(sorted(counts.items(), key=_code_order)) for index, counts in copies.items()}
+
+    def stop(self) -> None:
+        """Ask the thread to end; it does within one wait."""
+        self._stop.set()
+
+    def close(self, timeout: float) -> None:
+        """Stop, wait up to `timeout` for the thread, and free the event set, unless the thread is still in
+        a wait (a hung driver: freeing the set under it would be unsafe, and the process is ending)."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("XID events: the waiting thread did not stop; event set left allocated")
+                return
+        self._free()
+
+    def _free(self) -> None:
+        if self._event_set is not None:
+            with contextlib.suppress(self._nvml.NVMLError, AttributeError):
+                self._nvml.nvmlEventSetFree(self._event_set)
+            self._event_set = None
+
+
+def _code_order(item: tuple[str, int]) -> tuple[bool, int]:
+    code = item[0]
+    return (code == XID_OTHER, int(code) if code.isdigit() else 0)
+
+
 DeviceId = int | str  # an NVML index, or a GPU UUID ("GPU-…")
 
 
@@ -371,6 +722,8 @@ class NvmlSource(Source):
         retry_max_seconds: float = 60.0,
         devices: Sequence[DeviceId] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        health_interval_seconds: float | None = 30.0,
+        xid_wait_seconds: float = 0.5,
         external_profiler: ExternalProfiler | None = None,
     ) -> None:
         self._nvml_module = nvml
@@ -379,6 +732,11 @@ class NvmlSource(Source):
         self._profiling = profiling
         self._gpu_timeout = gpu_timeout_seconds
         self._retry_max = retry_max_seconds
+        # GPU health: the cadence of its reads; None reads none and listens for no XID events (the baseline
+        # benchmarks/nvml_costs.py compares with). xid_wait_seconds: the longest one event wait blocks.
+        self._health_interval = health_interval_seconds
+        self._xid_wait = xid_wait_seconds
+        self._xids: XidWatcher | None = None
         self._devices = list(devices) if devices is not None else None
         self._clock = clock
         self._readers: list[GpuReader] = []
@@ -417,7 +775,8 @@ class NvmlSource(Source):
             readers = []
             for index in indices:
                 try:
-                    readers.append(GpuReader(nvml, index, self._profiling, self._clock))
+                    reader = GpuReader(nvml, index, self._profiling, self._clock, self._health_interval)
+                    readers.append(reader)
                 except (nvml.NVMLError, GpuDown) as exc:
                     log.warning("gpu %d: skipped, cannot be opened: %s", index, exc)
             self._node = NodeInfo(
@@ -432,6 +791,9 @@ class NvmlSource(Source):
             self._shutdown_nvml()
             raise SourceError(f"NVML device discovery failed: {exc}") from None
         self._readers = readers
+        if self._health_interval is not None:
+            self._xids = XidWatcher(nvml, self._xid_wait)
+            self._xids.start(readers)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(readers)), thread_name_prefix="nvml-gpu")
         self._gpm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml-gpm")
         log.info(
@@ -483,8 +845,13 @@ class NvmlSource(Source):
             for sample in samples:
                 if sample.info.uuid in outside.profiles:
                     profiles[sample.info.index] = outside.profiles[sample.info.uuid]
+        xids = self._xids.counts() if self._xids is not None else {}
         merged = tuple(
-            dataclasses.replace(sample, profiling=profiles.get(sample.info.index)) if sample.up else sample
+            dataclasses.replace(
+                sample, profiling=profiles.get(sample.info.index), xid_errors=xids.get(sample.info.index, ())
+            )
+            if sample.up
+            else sample
             for sample in samples
         )
         statuses = (outside.status,) if outside is not None else ()
@@ -552,6 +919,9 @@ class NvmlSource(Source):
         return dict(results)
 
     async def close(self) -> None:
+        started = time.monotonic()
+        if self._xids is not None:
+            self._xids.stop()  # it ends within one wait, while the rest closes
         for pool in (self._pool, self._gpm_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -565,6 +935,10 @@ class NvmlSource(Source):
             if gpm_idle:
                 reader.close()
         self._readers = []
+        if self._xids is not None:  # the daemon gives a source 1 s to close
+            left = max(0.05, 0.9 - (time.monotonic() - started))
+            await asyncio.get_running_loop().run_in_executor(None, self._xids.close, left)
+            self._xids = None
         self._shutdown_nvml()
         if self._external is not None:
             await self._external.close()

@@ -54,7 +54,9 @@ def test_units_are_converted_to_base_units() -> None:
 def test_power_and_energy_come_from_one_field_values_call() -> None:
     fake, source, _ = make(1)
     collect(source)
-    assert fake.calls["nvmlDeviceGetFieldValues"] == 1
+    power_energy = [pynvml.NVML_FI_DEV_POWER_INSTANT, pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION]
+    # the other field-values calls: the NVLink link count at start, the NVLink byte counters each tick
+    assert [ids for ids in fake.field_requests if ids == power_energy] == [power_energy]
     assert "nvmlDeviceGetTotalEnergyConsumption" not in fake.calls
     assert "nvmlDeviceGetPowerUsage" not in fake.calls
 
@@ -64,11 +66,12 @@ def test_falls_back_to_single_getters_without_field_values() -> None:
     fake.gpus[0].errors["nvmlDeviceGetFieldValues"] = pynvml.NVML_ERROR_NOT_SUPPORTED
     fake.gpus[0].power_mw = 123_000
     first = collect(source).gpus[0]
+    asked = fake.calls["nvmlDeviceGetFieldValues"]
     collect(source)
     assert first.power_watts == pytest.approx(123.0)
     assert first.energy_joules == pytest.approx(5000.0)
     # Unsupported is remembered: field values are not asked again on the second tick.
-    assert fake.calls["nvmlDeviceGetFieldValues"] == 1
+    assert fake.calls["nvmlDeviceGetFieldValues"] == asked
     assert fake.calls["nvmlDeviceGetPowerUsage"] == 2
 
 
