@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from exporter.model import GIB, SCENARIO_NAMES
+from exporter.model import GIB, NVLINK_ERROR_TYPES, SCENARIO_NAMES
 
 H100_MEMORY_BYTES = 80 * GIB
 H100_PEAK_DRAM_BYTES_PER_SECOND = 5120 / 8 * 2619e6 * 2  # bus width × max memory clock × DDR ≈ 3.35 TB/s
@@ -63,6 +63,7 @@ class Workload:
     clock_event_reasons: int
     pcie_bytes_per_second: float
     power_limit_watts: float = H100_POWER_LIMIT_WATTS
+    pcie_generation: int = 5  # an idle H100 steps its PCIe link down (Gen 1) to save power
 
 
 # A steady decode load at a batch of ~128 per GPU (between the reference's batch-64 and batch-256 rows):
@@ -230,12 +231,82 @@ WORKLOADS: dict[str, Workload] = {
         power_limit_watts=400.0,
     ),
 }
+WORKLOADS["idle"] = dataclasses.replace(WORKLOADS["idle"], pcie_generation=1)  # the link steps down idle
 WORKLOADS["busy-flat+1"] = WORKLOADS["busy-flat"]  # same GPU, one phase later (only the queue differs)
 WORKLOADS["batch-cut-queued"] = WORKLOADS["batch-cut"]  # same GPU, queue built up
 MIXED_CYCLE: tuple[str, ...] = ("idle", "compute-bound", "memory-bound", "launch-bound")
 
-# clock_event_reasons (a bitmask) and power_limit_watts (a setting) do not blend between keyframes: the
-# simulated GPU takes them from the keyframe it is moving toward (`Blend.end`).
+# clock_event_reasons (a bitmask), power_limit_watts (a setting) and pcie_generation do not blend between
+# keyframes: the simulated GPU takes them from the keyframe it is moving toward (`Blend.end`).
+
+H100_DEFAULT_POWER_LIMIT_WATTS = 700.0
+H100_MAX_SM_CLOCK_MHZ = 1980.0
+H100_PCIE_GENERATION = 5  # H100 SXM: PCIe Gen 5 x16
+H100_PCIE_WIDTH = 16
+H100_NVLINK_LINKS = 18  # NVLink 4
+BURST = 0.1  # phases one error event is spread over (a rate of 1 / BURST per phase, for one burst)
+
+
+@dataclass(frozen=True)
+class Health:
+    """A GPU's condition beside its load. Rates are events per phase (integrated exactly, like energy,
+    and counted whole: `Plan.events`); the states come from the keyframe moved toward (`Blend.end`)."""
+
+    xid_per_phase: tuple[tuple[int, float], ...] = ()  # (XID code, events per phase)
+    ecc_corrected_per_phase: float = 0.0
+    ecc_uncorrected_per_phase: float = 0.0
+    pcie_replays_per_phase: float = 0.0
+    nvlink_errors_per_phase: tuple[tuple[str, float], ...] = ()  # (NVLINK_ERROR_TYPES entry, per phase)
+    remapped_rows_correctable: int = 0
+    remapped_rows_uncorrectable: int = 0
+    row_remap_pending: bool = False
+    row_remap_failed: bool = False
+    pcie_link_generation: int = H100_PCIE_GENERATION  # the generation the link trained at, at most
+    pcie_width: int = H100_PCIE_WIDTH
+    nvlink_links_up: int = H100_NVLINK_LINKS
+
+    def xid_rate(self, code: int) -> float:
+        return dict(self.xid_per_phase).get(code, 0.0)
+
+    def nvlink_rate(self, kind: str) -> float:
+        return dict(self.nvlink_errors_per_phase).get(kind, 0.0)
+
+
+_ONE = 1 / BURST  # one event over a burst
+_REMAP_PENDING = Health(ecc_corrected_per_phase=1.0, remapped_rows_uncorrectable=1, row_remap_pending=True)
+HEALTH: dict[str, Health] = {
+    "ok": Health(),
+    # An application fault (XID 13: graphics engine exception; 31: MMU fault): counted, no action.
+    "xid-13": Health(xid_per_phase=((13, _ONE),)),
+    "xid-31": Health(xid_per_phase=((31, _ONE),)),
+    # A contained uncorrectable ECC error (XID 94: restart the application, reset when convenient).
+    "xid-94": Health(xid_per_phase=((94, _ONE),)),
+    # An NVLink error (XID 74: reset the GPU).
+    "xid-74": Health(xid_per_phase=((74, _ONE),)),
+    # Memory: a trickle of corrected errors (normal at low rates), then one uncorrectable error that is
+    # contained (XID 94) and whose row is marked for remapping (XID 63): the remap waits for a GPU reset.
+    "ecc-trickle": Health(ecc_corrected_per_phase=1.0),
+    "ecc-trickle-fast": Health(ecc_corrected_per_phase=5.0),
+    "ecc-uncorrectable": dataclasses.replace(
+        _REMAP_PENDING, ecc_uncorrected_per_phase=_ONE, xid_per_phase=((63, _ONE), (94, _ONE))
+    ),
+    "remap-pending": _REMAP_PENDING,
+    # PCIe: a link that trained at half width (a badly seated card or riser), and one that trained at Gen 3
+    # with 60 replays per phase (signal integrity).
+    "pcie-x8": Health(pcie_width=8),
+    "pcie-gen3-replays": Health(pcie_link_generation=3, pcie_replays_per_phase=60.0),
+    # NVLink: a link drops (two recovery attempts, XID 74) and stays down; a link that replays.
+    "nvlink-drop": Health(
+        nvlink_errors_per_phase=(("recovery", 2 * _ONE),),
+        xid_per_phase=((74, _ONE),),
+        nvlink_links_up=H100_NVLINK_LINKS - 1,
+    ),
+    "nvlink-down": Health(nvlink_links_up=H100_NVLINK_LINKS - 1),
+    "nvlink-replays": Health(nvlink_errors_per_phase=(("replay", 300.0), ("crc_flit", 3000.0))),
+}
+assert all(kind in NVLINK_ERROR_TYPES for h in HEALTH.values() for kind, _ in h.nvlink_errors_per_phase)
+# Every XID code a simulated GPU can report (besides the actionable ones it reports from 0).
+HEALTH_XIDS: tuple[int, ...] = tuple(sorted({code for h in HEALTH.values() for code, _ in h.xid_per_phase}))
 
 
 @dataclass(frozen=True)
@@ -265,17 +336,29 @@ class Timeline:
 
 @dataclass(frozen=True)
 class ScenarioSpec:
-    """A scenario: a cycle of workloads (one per phase) or per-GPU timelines (GPU i: timelines[i % n])."""
+    """A scenario: a cycle of workloads (one per phase) or per-GPU timelines (GPU i: timelines[i % n]);
+    `health`: per-GPU timelines of HEALTH states the same way (none: every GPU "ok")."""
 
     description: str
     cycle: tuple[str, ...] = ()
     timelines: tuple[Timeline, ...] = ()
+    health: tuple[Timeline, ...] = ()
     engine_up: bool = True  # False: the simulated engine answers 503 (the exporter really fails to scrape)
     alert: str = ""  # the alert of deploy/prometheus/rules/alerts.yml this scenario demonstrates
 
 
 def _steady(workload: str) -> tuple[Timeline, ...]:
     return (Timeline((Keyframe(0, workload),)),)
+
+
+def _events(*events: tuple[float, str], after: str = "ok", before: str = "ok") -> Timeline:
+    """A health timeline: `before`, then at each (phase, state) a burst of that state, then `after`."""
+    frames = [Keyframe(0, before)]
+    for phase, state in events:
+        frames += [Keyframe(phase, before), Keyframe(phase, state)]
+        frames += [Keyframe(phase + BURST, state), Keyframe(phase + BURST, after)]
+        before = after
+    return Timeline(tuple(frames))
 
 
 SCENARIO_SPECS: dict[str, ScenarioSpec] = {
@@ -418,6 +501,26 @@ class Plan:
         """Exact ∫₀ᵗ rate(what the GPU runs at s) ds, rate blended like every other number."""
         raise NotImplementedError
 
+    def health_at(self, gpu: int, t: float) -> Blend:
+        """The GPU's health state (HEALTH names) at t."""
+        raise NotImplementedError
+
+    def health_integral(self, gpu: int, t: float, rate: Callable[[str], float]) -> float:
+        """Exact ∫₀ᵗ rate(the GPU's health state at s) ds."""
+        raise NotImplementedError
+
+    @property
+    def healthy(self) -> bool:
+        """True when no GPU ever leaves the "ok" health state (no error ever counts)."""
+        raise NotImplementedError
+
+    def events(self, gpu: int, t: float, per_phase: Callable[[Health], float]) -> int:
+        """Whole events up to t of a health rate given per phase."""
+        if self.healthy:
+            return 0
+        phases = self.health_integral(gpu, t, lambda state: per_phase(HEALTH[state])) / self.phase_seconds
+        return math.floor(phases + 1e-6)  # a burst's 1/BURST × BURST can come out a hair under 1
+
     def name_at(self, t: float) -> str:
         return self.name
 
@@ -477,6 +580,24 @@ class Scenario(Plan):
     def engine_up(self, t: float) -> bool:
         return self.spec.engine_up
 
+    @property
+    def healthy(self) -> bool:
+        return not self.spec.health
+
+    def _health_timeline(self, gpu: int) -> Timeline | None:
+        lines = self.spec.health
+        return lines[gpu % len(lines)] if lines else None
+
+    def health_at(self, gpu: int, t: float) -> Blend:
+        timeline = self._health_timeline(gpu)
+        return _timeline_blend(timeline, t / self.phase_seconds) if timeline else Blend("ok", "ok")
+
+    def health_integral(self, gpu: int, t: float, rate: Callable[[str], float]) -> float:
+        timeline = self._health_timeline(gpu)
+        if timeline is None:
+            return rate("ok") * t
+        return _timeline_integral(timeline, t / self.phase_seconds, rate) * self.phase_seconds
+
 
 class Schedule(Plan):
     """Scenarios one after the other for the given seconds each, repeating; each starts its own clock."""
@@ -506,9 +627,25 @@ class Schedule(Plan):
         return self.entries[index][0].blend_at(gpu, local)
 
     def integral(self, gpu: int, t: float, rate: Callable[[str], float]) -> float:
+        return self._accumulate(t, lambda scenario, seconds: scenario.integral(gpu, seconds, rate))
+
+    def health_at(self, gpu: int, t: float) -> Blend:
+        _, index, local = self.locate(t)
+        return self.entries[index][0].health_at(gpu, local)
+
+    @property
+    def healthy(self) -> bool:
+        return all(scenario.healthy for scenario, _ in self.entries)
+
+    def health_integral(self, gpu: int, t: float, rate: Callable[[str], float]) -> float:
+        return self._accumulate(t, lambda scenario, seconds: scenario.health_integral(gpu, seconds, rate))
+
+    def _accumulate(self, t: float, part: Callable[[Scenario, float], float]) -> float:
+        """Σ over the schedule up to t of `part(scenario, seconds into it)`: whole repetitions, whole entries,
+        then the current entry."""
         cycles, index, local = self.locate(t)
-        whole = [scenario.integral(gpu, seconds, rate) for scenario, seconds in self.entries]
-        return cycles * sum(whole) + sum(whole[:index]) + self.entries[index][0].integral(gpu, local, rate)
+        whole = [part(scenario, seconds) for scenario, seconds in self.entries]
+        return cycles * sum(whole) + sum(whole[:index]) + part(self.entries[index][0], local)
 
     def name_at(self, t: float) -> str:
         return self.entries[self.locate(t)[1]][0].name

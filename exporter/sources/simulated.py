@@ -4,6 +4,10 @@ The numbers come from `exporter.demo.scenarios` (calibrated on H100 measurements
 GPU samples at the current time. Nothing here can be mistaken for a real GPU: names say "Simulated", UUIDs
 start with `GPU-simulated-`, `tpw_gpu_info` carries `simulated="true"` and the node reports the scenario in
 `tpw_simulation_info`.
+
+Each simulated GPU also has a health (`exporter.demo.scenarios.Health`): like an H100 it reports ECC
+counts, remapped rows (no retired pages: an H100 remaps rows instead), its PCIe link and NVLink, and listens
+for XID events, every actionable code from 0; the GPU-health scenarios change them.
 """
 
 from __future__ import annotations
@@ -12,18 +16,36 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from exporter.demo.scenarios import (
+    H100_DEFAULT_POWER_LIMIT_WATTS,
+    H100_MAX_SM_CLOCK_MHZ,
     H100_MEMORY_BYTES,
+    H100_NVLINK_LINKS,
+    H100_PCIE_GENERATION,
+    H100_PCIE_WIDTH,
     H100_PEAK_DRAM_BYTES_PER_SECOND,
+    HEALTH,
+    HEALTH_XIDS,
     RATIO_WOBBLE,
     WORKLOADS,
+    Health,
     Plan,
     Scenario,
     Schedule,
     wobble,
 )
-from exporter.model import PROFILING_RATIOS, GpuInfo, GpuSample, NodeInfo, Profiling
+from exporter.model import (
+    NVLINK_ERROR_TYPES,
+    PROFILING_RATIOS,
+    XID_ACTIONABLE,
+    GpuHealth,
+    GpuInfo,
+    GpuSample,
+    NodeInfo,
+    Profiling,
+)
 from exporter.sources.base import Collected, Source
 
 log = logging.getLogger(__name__)
@@ -90,6 +112,7 @@ class SimulatedSource(Source):
             rates = {"pcie_rx_bytes_per_second": pcie, "pcie_tx_bytes_per_second": pcie / 2}
             profiling = Profiling(window_seconds=window, ratios=ratios, rates=rates)
         memory_used = start.memory_used_bytes if blend.weight == 0.0 else round(number("memory_used_bytes"))
+        link = HEALTH[self.scenario.health_at(gpu, t).end]
         return GpuSample(
             info=self._infos[gpu],
             timestamp=self._start + t,
@@ -105,6 +128,45 @@ class SimulatedSource(Source):
             temperature_celsius=number("temperature_celsius"),
             clock_event_reasons=end.clock_event_reasons,
             profiling=profiling,
+            pcie_generation=min(end.pcie_generation, link.pcie_link_generation),  # idle steps down
+            pcie_width=link.pcie_width,
+            nvlink_tx_bytes=0.0,  # the demo engine is data-parallel: nothing crosses NVLink
+            nvlink_rx_bytes=0.0,
+            xid_errors=self._xids(gpu, t),
+            health=self.health(gpu, t),
+        )
+
+    def _xids(self, gpu: int, t: float) -> tuple[tuple[str, int], ...]:
+        scenario = self.scenario
+        counts = {code: scenario.events(gpu, t, partial(Health.xid_rate, code=code)) for code in HEALTH_XIDS}
+        codes = sorted(set(XID_ACTIONABLE) | {code for code, count in counts.items() if count})
+        return tuple((str(code), counts.get(code, 0)) for code in codes)
+
+    def health(self, gpu: int, t: float) -> GpuHealth:
+        """The simulated GPU's health at t (an H100's: remapped rows, no retired pages)."""
+        state = HEALTH[self.scenario.health_at(gpu, t).end]
+        corrected = self.scenario.events(gpu, t, lambda h: h.ecc_corrected_per_phase)
+        uncorrected = self.scenario.events(gpu, t, lambda h: h.ecc_uncorrected_per_phase)
+        return GpuHealth(
+            ecc_corrected_volatile=corrected,
+            ecc_uncorrected_volatile=uncorrected,
+            ecc_corrected_aggregate=corrected,  # the simulated GPU is as new as its driver
+            ecc_uncorrected_aggregate=uncorrected,
+            remapped_rows_correctable=state.remapped_rows_correctable,
+            remapped_rows_uncorrectable=state.remapped_rows_uncorrectable,
+            row_remap_pending=state.row_remap_pending,
+            row_remap_failed=state.row_remap_failed,
+            power_default_limit_watts=H100_DEFAULT_POWER_LIMIT_WATTS,
+            sm_clock_max_hertz=H100_MAX_SM_CLOCK_MHZ * 1e6,
+            pcie_max_generation=H100_PCIE_GENERATION,
+            pcie_max_width=H100_PCIE_WIDTH,
+            pcie_replays=self.scenario.events(gpu, t, lambda h: h.pcie_replays_per_phase),
+            nvlink_links=H100_NVLINK_LINKS,
+            nvlink_links_up=state.nvlink_links_up,
+            nvlink_errors=tuple(
+                (kind, self.scenario.events(gpu, t, partial(Health.nvlink_rate, kind=kind)))
+                for kind in NVLINK_ERROR_TYPES
+            ),
         )
 
     def node_at(self, t: float) -> NodeInfo:
