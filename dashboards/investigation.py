@@ -25,6 +25,8 @@ from tpw import (
     ENDPOINT_MODEL,
     ENDPOINT_MODEL_VARIABLE,
     ENDPOINT_VARIABLE,
+    HEALTH_DESCRIPTION,
+    HEALTH_MAPPINGS,
     NODE,
     NODE_VARIABLE,
     RATE,
@@ -35,6 +37,7 @@ from tpw import (
     bound_state_expr,
     engine_deploy_annotation,
     exporter_annotations,
+    health_signals,
     tpw_board,
 )
 
@@ -228,6 +231,18 @@ def dashboard() -> Board:
         ),
         width=12,
         height=8,
+    )
+    board.add(
+        state_timeline(
+            "Slow or sick? Health of the endpoint's GPUs",
+            HEALTH_DESCRIPTION + " Only the GPUs attributed to the selected endpoints; the NVLink signal "
+            "compares each with the best GPU of its node. When throughput falls, this says whether a GPU "
+            "broke or slowed down, before you look at the load.",
+            health_signals(n, n, f" and {endpoint_gpus}"),
+            HEALTH_MAPPINGS,
+        ),
+        width=24,
+        height=9,
     )
     board.add(
         state_timeline(

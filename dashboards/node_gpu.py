@@ -1,5 +1,6 @@
 """The Node and GPU detail dashboard: NVML utilization next to what the SMs really do, memory, power,
-clocks and throttling, pipes and PCIe, the bound classification, exporter health."""
+clocks and throttling, GPU health (slow or sick: XIDs, memory errors, PCIe and NVLink), pipes and PCIe, the
+bound classification, exporter health."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from grafana import (
     Q,
     bargauge,
     dashed,
+    fixed_color,
     gauge_column,
     override,
+    right_axis,
     stat,
     state_timeline,
     table,
@@ -24,6 +27,8 @@ from tpw import (
     CLUSTER_VARIABLE,
     GPU,
     GPU_VARIABLE,
+    HEALTH_DESCRIPTION,
+    HEALTH_MAPPINGS,
     JOB_VARIABLE,
     NODE,
     NODE_VARIABLE,
@@ -31,6 +36,7 @@ from tpw import (
     alert_annotation,
     bound_state_expr,
     exporter_annotations,
+    health_signals,
     tpw_board,
 )
 
@@ -176,8 +182,9 @@ def dashboard() -> Board:
         timeseries(
             "Power vs limit",
             "Board power now (solid), average power from the energy counter over the rate window (thin), "
-            "and the enforced power limit (dashed). Running at the limit triggers the sw_power_cap clock "
-            "event below and lowers clocks.",
+            "the enforced power limit (dashed) and the board's default limit (dashed, thin). Running at the "
+            "limit triggers the sw_power_cap clock event below and lowers clocks; an enforced limit under "
+            "the default was lowered on purpose, and costs clock all day.",
             [
                 Q(f"tpw_gpu_power_watts{{{g}}}", "{{instance}} gpu {{gpu}}"),
                 Q(
@@ -185,9 +192,14 @@ def dashboard() -> Board:
                     "{{instance}} gpu {{gpu}} from energy",
                 ),
                 Q(f"tpw_gpu_power_limit_watts{{{g}}}", "{{instance}} gpu {{gpu}} limit"),
+                Q(f"tpw_gpu_power_default_limit_watts{{{g}}}", "{{instance}} gpu {{gpu}} default limit"),
             ],
             "watt",
-            overrides=[dashed(".* limit"), override("byRegexp", ".* from energy", custom__fillOpacity=0)],
+            overrides=[
+                dashed(".* limit"),
+                override("byRegexp", ".* default limit", custom__lineWidth=1),
+                override("byRegexp", ".* from energy", custom__fillOpacity=0),
+            ],
         ),
         width=12,
         height=8,
@@ -195,14 +207,19 @@ def dashboard() -> Board:
     board.add(
         timeseries(
             "Clocks",
-            "SM clock (solid) and memory clock (dashed). SM clocks well below the maximum while busy point "
-            "at a power or thermal limit; see the clock event reasons.",
+            "SM clock (solid), the GPU's maximum SM clock (dotted) and memory clock (dashed). SM clocks well "
+            "below the maximum while busy point at a power or thermal limit or a clocks setting; see the "
+            "clock event reasons.",
             [
                 Q(f"tpw_gpu_sm_clock_hertz{{{g}}}", "{{instance}} gpu {{gpu}} SM"),
                 Q(f"tpw_gpu_memory_clock_hertz{{{g}}}", "{{instance}} gpu {{gpu}} memory"),
+                Q(f"tpw_gpu_sm_clock_max_hertz{{{g}}}", "{{instance}} gpu {{gpu}} SM max"),
             ],
             "hertz",
-            overrides=[dashed(".* memory")],
+            overrides=[
+                dashed(".* memory"),
+                override("byRegexp", ".* SM max", custom__lineStyle={"fill": "dot"}, custom__fillOpacity=0),
+            ],
             fill=0,
         ),
         width=12,
@@ -256,6 +273,180 @@ def dashboard() -> Board:
             min_value=None,
         ),
         width=6,
+        height=8,
+    )
+
+    def per_interval(counter: str, label: str) -> str:
+        """A counter's increase in each interval, per GPU and `label`."""
+        return f"sum by (cluster, instance, gpu, {label}) (increase({counter}{{{g}}}[$__rate_interval]))"
+
+    board.row("GPU health: slow or sick?")
+    board.add(
+        state_timeline(
+            "Slow or sick? Health signals of each GPU",
+            HEALTH_DESCRIPTION + " Here the NVLink signal compares the selected GPUs with each other.",
+            health_signals(g, g),
+            HEALTH_MAPPINGS,
+        ),
+        width=24,
+        height=10,
+    )
+    board.add(
+        timeseries(
+            "XID errors",
+            "XID errors the driver reported per GPU and code, counted in each interval (NVML events, since "
+            "the exporter started). NVIDIA's Xid catalogue says what each code means; 48, 64, 74, 79 and 95 "
+            "need a reset of the GPU (alert TPWGpuXidError, critical), 63, 92 and 94 attention (warning). "
+            "Others, such as 13 or 31, are usually an application's fault.",
+            [
+                Q(
+                    per_interval("tpw_gpu_xid_errors_total", "xid") + " > 0",
+                    "{{instance}} gpu {{gpu}} XID {{xid}}",
+                    conditional="only when a GPU reported an XID in the time range",
+                )
+            ],
+            "short",
+            fill=80,
+        ),
+        width=12,
+        height=8,
+    )
+    by_gpu_table = "max by (cluster, instance, gpu)"
+    board.add(
+        table(
+            "Memory errors and repairs (now)",
+            "Per GPU: ECC errors since the driver loaded and over the GPU's life, memory rows remapped to "
+            "spare rows (Ampere and newer) and whether a remap waits for a GPU reset or ever failed, and on "
+            "older GPUs retired pages. Corrected errors are what ECC is for; uncorrected ones hit an "
+            "application, a pending remap needs a reset, a failed one service.",
+            [
+                Q(f'{by_gpu_table} (tpw_gpu_ecc_errors_total{{{g}, type="corrected"}})'),
+                Q(f'{by_gpu_table} (tpw_gpu_ecc_errors_total{{{g}, type="uncorrected"}})'),
+                Q(f'{by_gpu_table} (tpw_gpu_ecc_aggregate_errors_total{{{g}, type="uncorrected"}})'),
+                Q(f'{by_gpu_table} (tpw_gpu_remapped_rows{{{g}, cause="correctable"}})'),
+                Q(f'{by_gpu_table} (tpw_gpu_remapped_rows{{{g}, cause="uncorrectable"}})'),
+                Q(f"{by_gpu_table} (tpw_gpu_row_remap_pending{{{g}}})"),
+                Q(f"{by_gpu_table} (tpw_gpu_row_remap_failed{{{g}}})"),
+                Q(
+                    f"sum by (cluster, instance, gpu) (tpw_gpu_retired_pages{{{g}}})",
+                    conditional="only on GPUs before Ampere, which retire pages instead of remapping rows",
+                ),
+            ],
+            columns={
+                "instance": "Node",
+                "gpu": "GPU",
+                "Value #A": "ECC corrected (since driver load)",
+                "Value #B": "ECC uncorrected (since driver load)",
+                "Value #C": "ECC uncorrected (GPU life)",
+                "Value #D": "Rows remapped (correctable)",
+                "Value #E": "Rows remapped (uncorrectable)",
+                "Value #F": "Remap pending",
+                "Value #G": "Remap failed",
+                "Value #H": "Retired pages",
+            },
+            hidden=("Time", "cluster"),
+            overrides=[
+                unit_column("Remap pending", "none", mappings=HEALTH_MAPPINGS),
+                unit_column("Remap failed", "none", mappings=HEALTH_MAPPINGS),
+            ],
+        ),
+        width=12,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "ECC errors",
+            "ECC memory errors per GPU and type in each interval. A trickle of corrected errors is normal; a "
+            "rising rate of them, or any uncorrected one, is a GPU to watch (alert TPWGpuMemoryErrors).",
+            [
+                Q(
+                    per_interval("tpw_gpu_ecc_errors_total", "type"),
+                    "{{instance}} gpu {{gpu}} {{type}}",
+                )
+            ],
+            "short",
+            overrides=[fixed_color(".* uncorrected", "red")],
+        ),
+        width=12,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "PCIe link: generation and width vs maximum",
+            "The PCIe link's current generation and width (solid) against what the GPU and its slot can do "
+            "together (dashed). An idle GPU steps its generation down to save power; busy, it should run at "
+            "its maximum. A width below the maximum means the link trained degraded (alert "
+            "TPWGpuInterconnectDegraded).",
+            [
+                Q(f"tpw_gpu_pcie_link_generation{{{g}}}", "{{instance}} gpu {{gpu}} generation"),
+                Q(f"tpw_gpu_pcie_link_max_generation{{{g}}}", "{{instance}} gpu {{gpu}} generation max"),
+                Q(f"tpw_gpu_pcie_link_width{{{g}}}", "{{instance}} gpu {{gpu}} width"),
+                Q(f"tpw_gpu_pcie_link_max_width{{{g}}}", "{{instance}} gpu {{gpu}} width max"),
+            ],
+            "none",
+            fill=0,
+            overrides=[dashed(".* max"), right_axis(".* width.*", "none")],
+        ),
+        width=12,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "PCIe replays per minute",
+            "PCIe packets the link had to send again, per minute. DCGM's health check allows 8 a minute; "
+            "more, for 15 minutes, is a marginal link (alert TPWGpuInterconnectDegraded).",
+            [
+                Q(
+                    f"rate(tpw_gpu_pcie_replays_total{{{g}}}[$__rate_interval]) * 60",
+                    "{{instance}} gpu {{gpu}}",
+                )
+            ],
+            "short",
+            fill=0,
+        ),
+        width=12,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "NVLink traffic",
+            "NVLink data sent (tx, drawn negative) and received (rx) by each GPU over all its links, "
+            "protocol overhead excluded. Tensor-parallel engines move activations here every layer; a "
+            "data-parallel one barely uses it.",
+            [
+                Q(
+                    f'rate(tpw_gpu_nvlink_bytes_total{{{g}, direction="rx"}}[$__rate_interval])',
+                    "{{instance}} gpu {{gpu}} rx",
+                ),
+                Q(
+                    f'-rate(tpw_gpu_nvlink_bytes_total{{{g}, direction="tx"}}[$__rate_interval])',
+                    "{{instance}} gpu {{gpu}} tx",
+                ),
+            ],
+            "Bps",
+            min_value=None,
+        ),
+        width=12,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "NVLink links up and errors",
+            "NVLink links up per GPU (left) and NVLink errors per interval by type (right, summed over "
+            "the links). A GPU with fewer links up than the others, replay or recovery errors, or CRC errors "
+            "above 100 a second has a failing link (alert TPWGpuInterconnectDegraded).",
+            [
+                Q(f"tpw_gpu_nvlink_links_up{{{g}}}", "{{instance}} gpu {{gpu}} links up"),
+                Q(
+                    per_interval("tpw_gpu_nvlink_errors_total", "type"),
+                    "{{instance}} gpu {{gpu}} {{type}} errors",
+                ),
+            ],
+            "none",
+            fill=0,
+            overrides=[right_axis(".* errors", "short")],
+        ),
+        width=12,
         height=8,
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from grafana import Board, annotation, dashboards_link, query_variable, value_mappings
+from grafana import Board, Q, annotation, dashboards_link, query_variable, value_mappings
 
 TAGS = ["tpw", "gpu", "efficiency"]
 
@@ -166,6 +166,61 @@ BOUND_DESCRIPTION = (
     "but the SMs are not: launch-bound or host-bound work, tiny batches), idle, or mixed. "
     "NVML utilization cannot tell these apart; see the Node / GPU dashboard for the evidence."
 )
+
+# -------------------------------------------------------------------------------------------- health
+
+# The XID codes the alert rules act on (exporter.model.XID_ACTIONABLE; tests/unit/test_gpu_health.py).
+ACTIONABLE_XIDS = "48|63|64|74|79|92|94|95"
+# Clock-event reasons that hold the clocks down (gpu_idle, sync_boost and display_clock_setting do not).
+HOLDING_REASONS = (
+    "sw_power_cap|hw_slowdown|sw_thermal_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown"
+    "|applications_clocks_setting"
+)
+HEALTH_MAPPINGS = value_mappings({"0": ("no", "green"), "1": ("yes", "red")})
+HEALTH_DESCRIPTION = (
+    "Slow or sick? For each GPU, five signals, each yes or no. Slow (the GPU works, at less than it can): "
+    "its clocks are held down (power cap, thermal or hardware slowdown, a clocks setting), or its PCIe link "
+    "runs below what it and its slot can do (narrower, or a lower generation while busy; an idle GPU steps "
+    "its link down on purpose). Sick (something is broken): an actionable XID in the interval (NVIDIA's "
+    "Xid catalogue), a memory row remap pending or failed (or a page retirement pending), fewer NVLink "
+    "links up than the node's best GPU. A sick GPU needs a reset or service; a slow one, a setting or a "
+    "reseat. The TPWGpu* alerts fire on the same signals held long enough."
+)
+
+
+def health_signals(selector: str, node: str, suffix: str = "") -> list[Q]:
+    """The five 0/1 health signals per GPU of `selector` (`node`: the same nodes, every GPU); `suffix` is
+    appended to each query (e.g. `and on (…) tpw_endpoint_gpu_info{…}` to keep an endpoint's GPUs)."""
+    s, by = selector, "max by (cluster, instance, gpu)"
+    gpu = "{{instance}} gpu {{gpu}}"
+    return [
+        Q(
+            f'{by} (tpw_gpu_clock_event_active{{{s}, reason=~"{HOLDING_REASONS}"}}){suffix}',
+            f"{gpu} slow: clocks held down",
+        ),
+        Q(
+            f"{by} (clamp_max((tpw_gpu_pcie_link_width{{{s}}} < bool tpw_gpu_pcie_link_max_width{{{s}}})"
+            f" + (tpw_gpu_pcie_link_generation{{{s}}} < bool tpw_gpu_pcie_link_max_generation{{{s}}})"
+            f" * (tpw_gpu_utilization_ratio{{{s}}} >= bool 0.5), 1)){suffix}",
+            f"{gpu} slow: PCIe link below its maximum",
+        ),
+        Q(
+            f'{by} (increase(tpw_gpu_xid_errors_total{{{s}, xid=~"{ACTIONABLE_XIDS}"}}[$__rate_interval])'
+            f" > bool 0){suffix}",
+            f"{gpu} sick: XID",
+        ),
+        Q(
+            f"{by} (tpw_gpu_row_remap_pending{{{s}}} or tpw_gpu_row_remap_failed{{{s}}}"
+            f" or tpw_gpu_retired_pages_pending{{{s}}}){suffix}",
+            f"{gpu} sick: memory remap pending or failed",
+        ),
+        Q(
+            f"{by} (tpw_gpu_nvlink_links_up{{{s}}} < bool on (cluster, instance) group_left ()"
+            f" max by (cluster, instance) (tpw_gpu_nvlink_links_up{{{node}}})){suffix}",
+            f"{gpu} sick: NVLink link down",
+        ),
+    ]
+
 
 # --------------------------------------------------------------------------------------------- board
 
