@@ -51,6 +51,10 @@ DEFAULT_MAX_CONNECTIONS = 512
 MIN_CONNECTIONS = 8
 FD_RESERVE = 128  # descriptors the server keeps for itself: the collector's socket, logs, epoll, /proc reads
 ACCEPT_BATCH = 64  # connections accepted per wake-up before the loop serves the others
+# The kernel's queue of connections not yet accepted (capped by net.core.somaxconn). Deep, so that a burst
+# of connection attempts waits there (no file descriptor) instead of having SYNs dropped: a dropped SYN,
+# a scraper's too, is sent again only after a second.
+LISTEN_BACKLOG = 1024
 ACCEPT_PAUSE_SECONDS = 0.25
 SWEEP_SECONDS = 1.0
 LOG_PERIOD_SECONDS = 60.0
@@ -178,7 +182,11 @@ def install_log_filters() -> BoundedLogFilter:
 
 
 class Connection(asyncio.Protocol):
-    """One accepted connection: where the guard keeps it, and the HTTP protocol it hands bytes to."""
+    """One accepted connection: where the guard keeps it, and the HTTP protocol it hands bytes to.
+
+    The HTTP protocol (uvicorn's) is made when the first bytes arrive: a connection that never sends any,
+    the usual hostile one, costs only this object and its transport.
+    """
 
     def __init__(
         self, guard: ConnectionGuard, sock: socket.socket, peer: tuple[str, int], web: WebConfig
@@ -192,17 +200,17 @@ class Connection(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.BaseTransport | None = None
         self.task: asyncio.Task[Any] | None = None
-        self.made = False
+        self.started = False  # asyncio has taken the socket (and closes it from now on)
         self.closed = False
 
     def protocol(self) -> Connection:
         """The factory asyncio calls once the socket has a transport."""
-        self.inner = self.guard.protocol_factory()
+        self.started = True
         return self
 
     def connected(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
-            if self.inner is None:  # cancelled before asyncio took the socket: close it here
+            if not self.started:  # cancelled before asyncio took the socket: close it here
                 self.sock.close()
             self.guard.forget(self)
             return
@@ -224,32 +232,32 @@ class Connection(asyncio.Protocol):
                 "closed a TLS connection: its client certificate has no allowed SAN",
             )
             self.guard.close(self)
-            return
-        self.made = True
-        assert self.inner is not None
-        self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         if self.state == IDLE:
             self.guard.move(self, HEAD)
-        if self.made:
-            self.inner.data_received(data)  # type: ignore[union-attr]
+        if self.inner is None:
+            self.inner = self.guard.protocol_factory()
+            self.inner.connection_made(self.transport)  # type: ignore[arg-type]
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.made else None  # type: ignore[union-attr]
+        return self.inner.eof_received() if self.inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.forget(self)
-        if self.made:
-            self.inner.connection_lost(exc)  # type: ignore[union-attr]
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self.made:
-            self.inner.pause_writing()  # type: ignore[union-attr]
+        if self.inner is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.made:
-            self.inner.resume_writing()  # type: ignore[union-attr]
+        if self.inner is not None:
+            self.inner.resume_writing()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -297,6 +305,7 @@ class ConnectionGuard:
         self.protocol_factory = protocol_factory
         self._loop = asyncio.get_running_loop()
         self.listener.setblocking(False)
+        self.listener.listen(LISTEN_BACKLOG)  # listening already: this only deepens its queue
         self._start_reading()
         self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
         if self._cap_warning:
@@ -460,7 +469,7 @@ class ConnectionGuard:
                 handle.cancel()
         self.listener.close()
         for connection in list(self._states[HEAD]):
-            if not connection.made:  # uvicorn shuts down those it knows; these are still in the handshake
+            if connection.inner is None:  # uvicorn shuts down those it knows; these never sent a byte
                 self.close(connection)
 
     async def wait_closed(self) -> None:

@@ -179,6 +179,11 @@ SCENARIO_NAMES: tuple[str, ...] = (
     "memory-leak",
     "throttling",
     "endpoint-down",
+    "xid-errors",
+    "ecc-remap-pending",
+    "power-capped",
+    "pcie-degraded",
+    "nvlink-errors",
 )
 
 

@@ -19,6 +19,7 @@ RECORDING = RULES_DIR / "recording.yml"
 ALERT_TESTS = (
     REPO / "tests" / "rules" / "alerts_test.yml",
     REPO / "tests" / "rules" / "alerts_regression_test.yml",
+    REPO / "tests" / "rules" / "alerts_health_test.yml",
 )
 RUNBOOKS = REPO / "docs" / "runbooks"
 METRIC = re.compile(r"(?<![:\w])tpw_[a-z0-9_]+")

@@ -19,6 +19,12 @@ Two kinds of scenario:
   `bandwidth-saturated`, `efficiency-regression`, `batch-drop`, `memory-leak`, `throttling` and
   `endpoint-down` (see `SCENARIO_SPECS`).
 
+Beside its load, a GPU has a *health* (`Health`: XIDs, ECC errors and remapped rows, the PCIe link, NVLink),
+healthy unless a scenario gives it health timelines of its own, built like the load's: the GPU-health
+scenarios `xid-errors`, `ecc-remap-pending`, `pcie-degraded` and `nvlink-errors` (and `power-capped`, a
+lowered power limit from the start, which is load). Error counts are exact integrals of rates per phase,
+so an alert scenario plays the same at any phase length; one event is a burst of `BURST` phases.
+
 A `Schedule` plays scenarios one after the other (`busy-flat:60,healthy:60`), repeating from the start;
 each scenario's own clock starts when its turn starts.
 """
@@ -429,6 +435,43 @@ SCENARIO_SPECS: dict[str, ScenarioSpec] = {
         timelines=_steady("idle"),
         engine_up=False,
         alert="TPWEndpointDown",
+    ),
+    "xid-errors": ScenarioSpec(
+        "healthy load; even GPUs report XID 13 (an application fault) at phase 2 and XID 94 (contained ECC "
+        "error) at phase 4, odd GPUs XID 31 (MMU fault) at phase 2 and XID 74 (NVLink error) at phase 6",
+        timelines=_steady("healthy"),
+        health=(_events((2, "xid-13"), (4, "xid-94")), _events((2, "xid-31"), (6, "xid-74"))),
+        alert="TPWGpuXidError",
+    ),
+    "ecc-remap-pending": ScenarioSpec(
+        "healthy load; even GPUs correct one ECC error per phase, then at phase 3 an uncorrectable one (XID "
+        "94, 63) leaves a row remap pending until a reset; odd GPUs only correct five per phase",
+        timelines=_steady("healthy"),
+        health=(
+            _events((3, "ecc-uncorrectable"), before="ecc-trickle", after="remap-pending"),
+            Timeline((Keyframe(0, "ecc-trickle-fast"),)),
+        ),
+        alert="TPWGpuMemoryErrors",
+    ),
+    "power-capped": ScenarioSpec(
+        "every GPU's power limit lowered to 400 W (default 700 W) from the start: at the cap (sw_power_cap), "
+        "SM clock 1200 MHz all day, so no better clock of the day to compare with",
+        timelines=_steady("power-capped"),
+        alert="TPWGpuThrottling",
+    ),
+    "pcie-degraded": ScenarioSpec(
+        "healthy load; even GPUs' PCIe link trained at x8 of x16, odd GPUs' at Gen 3 of Gen 5 with 60 "
+        "replays per phase",
+        timelines=_steady("healthy"),
+        health=(Timeline((Keyframe(0, "pcie-x8"),)), Timeline((Keyframe(0, "pcie-gen3-replays"),))),
+        alert="TPWGpuInterconnectDegraded",
+    ),
+    "nvlink-errors": ScenarioSpec(
+        "healthy load; an NVLink link of even GPUs drops at phase 2 (recovery errors, XID 74) and stays "
+        "down; odd GPUs' links replay 300 times per phase",
+        timelines=_steady("healthy"),
+        health=(_events((2, "nvlink-drop"), after="nvlink-down"), Timeline((Keyframe(0, "nvlink-replays"),))),
+        alert="TPWGpuInterconnectDegraded",
     ),
 }
 SCENARIOS: tuple[str, ...] = SCENARIO_NAMES  # SCENARIO_SPECS has exactly these, in this order
