@@ -215,6 +215,17 @@ def test_systemd_unit_is_hardened_but_keeps_the_gpus_visible() -> None:
     )
 
 
+def test_the_exporter_gets_enough_file_descriptors_for_its_connection_cap() -> None:
+    """The listener keeps at most (limit - 128) / 2 connections, 512 at most: 8192 leaves it its 512."""
+    from exporter.listener import DEFAULT_MAX_CONNECTIONS, connection_cap
+
+    limits = [value for key, value in unit()["Service"] if key == "LimitNOFILE"]
+    assert limits == ["8192"]
+    assert connection_cap(None, int(limits[0]))[0] == DEFAULT_MAX_CONNECTIONS
+    nofile = SERVICES["exporter"]["ulimits"]["nofile"]
+    assert connection_cap(None, nofile["soft"])[0] == DEFAULT_MAX_CONNECTIONS
+
+
 def github_slug(heading: str) -> str:
     """The anchor GitHub gives a Markdown heading."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
