@@ -28,12 +28,12 @@ from exporter.config import (
     ConfigError,
     load_config,
     one_line,
-    redact_url,
     shown_value,
     unknown_env_variables,
 )
 from exporter.demo.scenarios import SCENARIOS
 from exporter.model import COMPAT_FORMATS, ENDPOINT_ENGINES, ENGINE_AUTO, ENGINE_GENERIC, LOG_LEVELS
+from exporter.redact import redact_settings
 
 EXIT_CONFIG_ERROR = 2
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
         f"engine: {', '.join(ENDPOINT_ENGINES)} (default {ENGINE_AUTO}; {ENGINE_GENERIC} needs a `mapping`, "
         "so it is set in the config file); "
         "gpus: auto (default), all, or indices/UUIDs joined by '+' (gpus=0+1). "
-        "Given --endpoint flags replace the config file's endpoint list.",
+        "Given --endpoint flags replace the config file's endpoint list. Credentials and TLS (authorization, "
+        "basic_auth, http_headers, tls_config) are set in the config file only.",
     )
     parser.add_argument(
         "--compat",
@@ -305,18 +306,17 @@ def unknown_env_warning(names: Sequence[str]) -> str:
 
 
 def effective_config_yaml(config: Config, show_secrets: bool = False) -> str:
-    """The effective config as YAML; endpoint URLs' user info and query values `<redacted>` unless
-    `show_secrets`, with a comment saying so when anything was left out."""
+    """The effective config as YAML; URLs' user info and query values, credentials, passwords and secret
+    header values `<redacted>` (exporter.redact) unless `show_secrets`, with a comment saying so when anything
+    was left out. Credential files are named, never read."""
     data = config.model_dump(mode="json")
-    redacted = False
-    if not show_secrets:
-        for endpoint in data["endpoints"]:
-            shown = redact_url(endpoint["url"])
-            redacted = redacted or shown != endpoint["url"]
-            endpoint["url"] = shown
+    redacted = not show_secrets and redact_settings(data)
     text = yaml.safe_dump(data, sort_keys=False)
     if redacted:
-        text += "# endpoint URLs' user info and query values are <redacted>; --show-secrets prints them\n"
+        text += (
+            "# URLs' user info and query values, credentials, passwords and secret header values are "
+            "<redacted>; --show-secrets prints them\n"
+        )
     return text
 
 

@@ -16,7 +16,7 @@ import os
 import re
 import reprlib
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -31,6 +31,14 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.config_auth import (
+    AuthorizationConfig,
+    BasicAuthConfig,
+    HttpHeaderConfig,
+    TlsClientConfig,
+    check_endpoint_auth,
+    check_header_names,
+)
 from exporter.model import (
     COMPAT_FORMATS,
     DCGM_HOSTNAME_LABELS,
@@ -48,6 +56,8 @@ from exporter.model import (
     Thresholds,
     check_generic_mapping,
 )
+from exporter.redact import SECRET_KEYS, redact_text
+from exporter.redact import redact_url as redact_url  # its home before exporter.redact
 
 ENV_PREFIX = "TPW_"
 ENV_CONFIG_FILE = "TPW_CONFIG"
@@ -247,6 +257,17 @@ class EndpointConfig(_Strict):
     model_label: str | None = Field(
         None, description="For engine `generic`: the label carrying the model name."
     )
+    # Credentials and TLS, named as in a Prometheus scrape_config (exporter.config_auth).
+    authorization: AuthorizationConfig | None = Field(
+        None, description="`Authorization: <type> <credentials>` on every scrape (type default Bearer)."
+    )
+    basic_auth: BasicAuthConfig | None = Field(None, description="HTTP basic authentication.")
+    http_headers: dict[str, HttpHeaderConfig] | None = Field(
+        None, description="Extra request headers: name → values, secrets and/or files."
+    )
+    tls_config: TlsClientConfig | None = Field(
+        None, description="TLS for an https:// url: CA, client certificate (mTLS), server name, versions."
+    )
 
     @field_validator("url")
     @classmethod
@@ -281,6 +302,16 @@ class EndpointConfig(_Strict):
         if tick_budget_seconds is None:
             return self.timeout_seconds
         return min(self.timeout_seconds, tick_budget_seconds)
+
+    @field_validator("http_headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, HttpHeaderConfig] | None) -> Any:
+        return check_header_names(headers)
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> EndpointConfig:
+        check_endpoint_auth(self)
+        return self
 
     @model_validator(mode="after")
     def _check_generic(self) -> EndpointConfig:
@@ -615,14 +646,15 @@ def _is_ipv6(text: str) -> bool:
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
-def check_host(host: str) -> None:
+def check_host(host: str, quote: Callable[[Any], str] | None = None) -> None:
     """ValueError unless `host` is an IPv4 address (all four numbers, each 0..255) or a host name."""
+    quote = quote or shown_value
     if re.fullmatch(r"[0-9.]+", host):
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
             raise ValueError(
-                f"{shown_value(host)} is not an IPv4 address (four numbers 0..255 joined by dots)"
+                f"{quote(host)} is not an IPv4 address (four numbers 0..255 joined by dots)"
             ) from None
         return
     try:
@@ -632,7 +664,7 @@ def check_host(host: str) -> None:
     name = name[:-1] if name.endswith(".") else name
     if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
         raise ValueError(
-            f"{shown_value(host)} is not an IP address or a host name (letters, digits, '-', '_' and '.')"
+            f"{quote(host)} is not an IP address or a host name (letters, digits, '-', '_' and '.')"
         )
 
 
@@ -647,6 +679,13 @@ def check_url(url: str) -> None:
     if not sep or scheme.lower() not in ("http", "https"):
         raise ValueError(EXPECTED_URL)
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in re.split(r"[?#]", rest, maxsplit=1)[0][len(authority) :]:
+        raise ValueError(
+            f"{EXPECTED_URL}: an '@' in the path; percent-encode it as %40 (a password's '/' as %2F)"
+        )
+    # A password holding an unencoded '?' or '#' ends the authority early: then neither the "host" nor
+    # the "port" is quoted, as either may be part of that password.
+    quote = shown_value if "@" not in rest[len(authority) :] else (lambda _: "a value not shown")
     host_port = authority.rpartition("@")[2]
     if host_port.startswith("["):
         host, bracket, after = host_port[1:].partition("]")
@@ -665,30 +704,17 @@ def check_url(url: str) -> None:
             )
         if not host:
             raise ValueError(f"{EXPECTED_URL}: the URL has no host")
-        check_host(host)
+        check_host(host, quote)
     if port_text and not (re.fullmatch(r"[0-9]{1,12}", port_text) and 1 <= int(port_text) <= 65535):
-        shown = port_text if port_text.isascii() and port_text.isdigit() else shown_value(port_text)
+        shown = port_text if port_text.isascii() and port_text.isdigit() else quote(port_text)
         raise ValueError(f"the URL's port must be 1..65535, got {shown}")
 
 
 MAX_SHOWN_CHARS = 80
 # The longest error line printed: past it, a message is cut and says how many problems it left out.
 MAX_ERROR_CHARS = 1000
-REDACTED = "<redacted>"
 _ALREADY_SAYS_GOT = re.compile(r"\bgot\b")
-_URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"\\]*""")
 _SETTING_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def _url_without_secrets(match: re.Match[str]) -> str:
-    scheme, _, rest = match.group(0).partition("://")
-    rest = rest.rpartition("@")[2]  # user info, even a malformed one holding '/' or '?'
-    return f"{scheme}://{re.split(r'[?#]', rest, maxsplit=1)[0]}"
-
-
-def _without_secrets(text: str) -> str:
-    """`text` with every URL in it cut to scheme, host, port and path: no user info, query or fragment."""
-    return _URL_IN_TEXT.sub(_url_without_secrets, text) if "://" in text else text
 
 
 class _ShortRepr(reprlib.Repr):
@@ -701,7 +727,7 @@ class _ShortRepr(reprlib.Repr):
         self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 8
 
     def repr_str(self, x: str, level: int) -> str:
-        return super().repr_str(_without_secrets(x), level)
+        return super().repr_str(redact_text(x), level)
 
 
 _short_repr = _ShortRepr()
@@ -711,26 +737,6 @@ def shown_value(value: Any) -> str:
     """`value` as an error message quotes it: repr, secrets left out, at most MAX_SHOWN_CHARS."""
     text = _short_repr.repr(value)
     return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 1] + "…"
-
-
-def redact_url(url: str) -> str:
-    """`url` with its user info and each query value replaced by `<redacted>` (for check-config's output)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, path_etc = re.match(r"([^/?#]*)(.*)", rest, re.S).groups()  # type: ignore[union-attr]
-    at, host_port = authority.rpartition("@")[1:]
-    path, hash_mark = path_etc.partition("#")[:2]
-    path, question, query = path.partition("?")
-    if question:
-        query = "&".join(
-            f"{key}={REDACTED}" if equals else REDACTED
-            for key, equals, _ in (item.partition("=") for item in query.split("&"))
-        )
-    return (
-        f"{scheme}://{REDACTED + '@' if at else ''}{host_port}{path}{question}{query}"
-        f"{hash_mark}{REDACTED if hash_mark else ''}"
-    )
 
 
 def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -765,11 +771,12 @@ def format_validation_error(error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             message, given = "unknown field", {}  # its value is not shown: it may be anything
         says_it = (isinstance(given, str) and repr(given) in message) or _ALREADY_SAYS_GOT.search(message)
-        if isinstance(given, dict) or item["type"] == "missing" or says_it:
+        secret = any(str(part) in SECRET_KEYS for part in item["loc"])  # e.g. basic_auth.password
+        if isinstance(given, dict) or item["type"] == "missing" or says_it or secret:
             shown = ""
         else:
             shown = f" (got {shown_value(given)})"
-        parts.append(f"{location}: {_without_secrets(message)}{shown}")
+        parts.append(f"{location}: {redact_text(message)}{shown}")
     return _joined(parts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
 import time
@@ -25,20 +26,26 @@ class Behaviour:
     headers: dict[str, str] = field(default_factory=dict)
     stream_forever: bool = False  # chunked body that never ends (tests the size cap)
     trickle_seconds: float = 0.0  # send the body 16 bytes at a time, this long apart (tests the time limit)
+    required_headers: dict[str, str] = field(default_factory=dict)  # else 401 (an engine behind auth)
     requests: int = 0
+    seen_headers: list[tuple[str, str]] = field(default_factory=list)  # the last request's
 
 
 class _QuietServer(ThreadingHTTPServer):
-    """Clients that hang up early (a scraper past its time limit or size cap) are expected, not printed."""
+    """Clients that hang up early (a scraper past its time limit or size cap) or fail the TLS handshake are
+    expected, not printed."""
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
 class EngineServer:
-    def __init__(self, behaviour: Behaviour) -> None:
+    """`tls`: serve HTTPS with that server context (a client certificate required if it says so)."""
+
+    def __init__(self, behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> None:
         self.behaviour = behaviour
+        self.tls = tls
         state = behaviour
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,6 +53,13 @@ class EngineServer:
 
             def do_GET(self) -> None:
                 state.requests += 1
+                state.seen_headers = list(self.headers.items())
+                if any(self.headers.get(name) != value for name, value in state.required_headers.items()):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", "Bearer")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if state.delay:
                     time.sleep(state.delay)
                 body = state.body() if callable(state.body) else state.body
@@ -80,6 +94,10 @@ class EngineServer:
                 return
 
         self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        if tls is not None:  # handshakes happen in each request's thread (a failed one ends only its own)
+            self.server.socket = tls.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.server.daemon_threads = True
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -92,7 +110,7 @@ class EngineServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/metrics"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -100,8 +118,10 @@ class EngineServer:
 
 
 @contextmanager
-def engine_server(body: bytes | Callable[[], bytes] = b"", **kwargs: object) -> Iterator[EngineServer]:
-    server = EngineServer(Behaviour(body=body, **kwargs))  # type: ignore[arg-type]
+def engine_server(
+    body: bytes | Callable[[], bytes] = b"", tls: ssl.SSLContext | None = None, **kwargs: object
+) -> Iterator[EngineServer]:
+    server = EngineServer(Behaviour(body=body, **kwargs), tls)  # type: ignore[arg-type]
     try:
         yield server
     finally:

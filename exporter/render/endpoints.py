@@ -72,13 +72,14 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
     )
     info = gauge(
         "tpw_endpoint_info",
-        "Always 1: the endpoint's engine, URL (credentials removed) and unit of work.",
+        "Always 1: the endpoint's engine, URL (user info and query values <redacted>) and unit of work.",
         labels=["endpoint", "engine", "url", "unit"],
     )
     errors = CounterMetricFamily(
         "tpw_endpoint_scrape_errors",
         "Scrape problems since start by reason: connect, timeout, http_status, redirect, too_large, decode, "
-        "no_engine, no_metrics, http, internal, malformed_line (lines skipped).",
+        "no_engine, no_metrics, http, tls (handshake or certificate), auth_config (a credentials file), "
+        "tls_config (a TLS file), internal, malformed_line (lines skipped).",
         labels=["endpoint", "reason"],
     )
     dropped = CounterMetricFamily(

@@ -6,11 +6,14 @@ scrape: fetching, and reading the page, which runs in the endpoint's own worker 
 the tick, another endpoint or the GPU metrics. Every failure is data, not a crash: connection refused,
 time-out (fetch or parse), an HTTP error, a redirect to another host (never followed), a page over the size
 cap (read as a stream and cut off, never buffered whole; compressed pages inflated as a stream, cut at the
-same cap), a body that is not UTF-8 — each marks that endpoint `up 0` for the tick, counts
+same cap), a body that is not UTF-8, a credential or TLS file that cannot be read, a TLS handshake that fails
+(`exporter.sources.endpoint_auth`) — each marks that endpoint `up 0` for the tick, counts
 `tpw_endpoint_scrape_errors_total{reason}` and is logged once per state change. Malformed lines are
 skipped and counted; series with invalid values, over-long model names or past the per-endpoint model cap
 are left out and counted (`tpw_endpoint_dropped_series_total{reason}`); counters that go backwards (an
-engine restart) are counted as resets (`tpw_endpoint_resets_total`).
+engine restart) are counted as resets (`tpw_endpoint_resets_total`). The URL is shown only through
+`exporter.redact` (user info and query values `<redacted>`), and every message through `scrub`, which also
+takes out the endpoint's own secret values.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from urllib.parse import urljoin, urlsplit
@@ -32,7 +36,15 @@ from exporter.model import (
     EndpointSample,
     EndpointValue,
 )
+from exporter.redact import redact_library_logs, redact_url, scrub
 from exporter.sources.base import Collected, Source
+from exporter.sources.endpoint_auth import (
+    TLS,
+    EndpointAuth,
+    TlsMaterial,
+    closed_without_answer,
+    tls_failure,
+)
 from exporter.sources.page import ACCEPT_ENCODING, PageError, PageJob, PageResult
 from exporter.sources.page_workers import PageWorker, WorkerFailed
 
@@ -43,15 +55,6 @@ ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.
 
 ScrapeError = PageError
 """One failed scrape; `reason` is the bounded label value of tpw_endpoint_scrape_errors_total."""
-
-
-def display_url(url: str) -> str:
-    """The URL without credentials, safe for labels and logs."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 class EndpointScraper:
@@ -79,7 +82,10 @@ class EndpointScraper:
                 config.timeout_seconds,
                 self.timeout,
             )
-        self.url = display_url(config.url)
+        self.url = redact_url(config.url)
+        self.auth = EndpointAuth(config)
+        self.tls = TlsMaterial(config.tls_config, _certifi_bundle()) if config.tls_config else None
+        self._tls_client: tuple[object, httpx.AsyncClient] | None = None  # (its SSLContext, the client)
         self._fixed_engine = None if config.engine == ENGINE_AUTO else config.engine
         self._detected: str | None = None
         self._errors: Counter[str] = Counter()
@@ -95,22 +101,50 @@ class EndpointScraper:
     async def _fetch(self) -> tuple[bytes, str]:
         """The page as sent (compressed or not) and its Content-Encoding."""
         url = self.config.url
-        origin = urlsplit(url).netloc
-        headers = {"Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING}
+        origin = urlsplit(url)
+        headers = [("Accept", ACCEPT), ("Accept-Encoding", ACCEPT_ENCODING), *self.auth.headers()]
+        client = await self._client_for_scrape()
+        server_name = self.config.tls_config.server_name if self.config.tls_config else None
+        extensions = {"sni_hostname": server_name} if server_name else None
         for _ in range(MAX_REDIRECTS + 1):
-            async with self._client.stream("GET", url, headers=headers, timeout=self.timeout) as response:
+            async with client.stream(
+                "GET", url, headers=headers, timeout=self.timeout, extensions=extensions
+            ) as response:
                 if response.is_redirect:
                     target = urljoin(url, response.headers.get("location", ""))
-                    if urlsplit(target).netloc != origin:
+                    if urlsplit(target).netloc != origin.netloc:
                         raise ScrapeError(
-                            "redirect", f"redirect to another host not followed: {display_url(target)}"
+                            "redirect", f"redirect to another host not followed: {redact_url(target)}"
+                        )
+                    if urlsplit(target).scheme.lower() != origin.scheme.lower():  # never https → http
+                        raise ScrapeError(
+                            "redirect", f"redirect to another scheme not followed: {redact_url(target)}"
                         )
                     url = target
                     continue
                 if response.status_code != 200:
-                    raise ScrapeError("http_status", f"HTTP {response.status_code} from {display_url(url)}")
+                    raise ScrapeError("http_status", _status_message(response.status_code, redact_url(url)))
                 return await self._read_capped(response), response.headers.get("content-encoding", "")
         raise ScrapeError("redirect", f"more than {MAX_REDIRECTS} redirects")
+
+    async def _client_for_scrape(self) -> httpx.AsyncClient:
+        """The shared client, or, with `tls_config`, this endpoint's own: one per SSLContext, made again
+        when the context is (its files changed); PageError tls_config when it cannot be built."""
+        if self.tls is None:
+            return self._client
+        context = self.tls.context()
+        if self._tls_client is not None and self._tls_client[0] is context:
+            return self._tls_client[1]
+        await self.close_client()
+        client = httpx.AsyncClient(verify=context, follow_redirects=False, trust_env=False)
+        self._tls_client = (context, client)
+        return client
+
+    async def close_client(self) -> None:
+        """Close this endpoint's own client (`tls_config`), if it has one."""
+        if self._tls_client is not None:
+            client, self._tls_client = self._tls_client[1], None
+            await client.aclose()
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         """The raw body, read as a stream and cut at the cap (the worker inflates it, capped again)."""
@@ -146,14 +180,20 @@ class EndpointScraper:
             else:
                 message = f"page not read within {self.timeout:g} s (fetch and parse)"
             sample = self._failed("timeout", message, started)
-        except httpx.ConnectError as exc:
-            sample = self._failed("connect", f"cannot connect to {self.url}: {_reason(exc)}", started)
-        except httpx.HTTPError as exc:
-            sample = self._failed("http", f"{type(exc).__name__}: {_reason(exc)}", started)
+        except (httpx.HTTPError, OSError) as exc:  # OSError: an SSLError or a reset httpx let through
+            if (problem := tls_failure(exc)) is not None:
+                sample = self._failed(TLS, f"TLS with {self.url} failed: {problem}", started)
+            elif isinstance(exc, httpx.ConnectError):
+                sample = self._failed("connect", f"cannot connect to {self.url}: {_reason(exc)}", started)
+            else:
+                https = self.config.url[:6].lower() == "https:"
+                closed = closed_without_answer(exc) if https else None
+                sample = self._failed("http", closed or f"{type(exc).__name__}: {_reason(exc)}", started)
         except WorkerFailed as exc:
             sample = self._failed("internal", str(exc), started)
         except Exception as exc:  # a bug must cost this endpoint one tick, never the other endpoints
-            log.debug("endpoint %s: scrape failed unexpectedly", self.config.name, exc_info=True)
+            trace = self._scrub("".join(traceback.format_exception(exc)))
+            log.debug("endpoint %s: scrape failed unexpectedly: %s", self.config.name, trace)
             sample = self._failed("internal", f"{type(exc).__name__}: {_reason(exc)}", started)
         self._log_state(sample)
         return sample
@@ -173,6 +213,10 @@ class EndpointScraper:
             max_label_length=config.max_label_length,
         )
 
+    def _scrub(self, text: str) -> str:
+        """`text` without URL secrets or any of this endpoint's secret values (messages, logs)."""
+        return scrub(text, self.auth.secrets())
+
     def _failed(self, reason: str, message: str, started: float) -> EndpointSample:
         self._errors[reason] += 1
         self._failure_reason = reason
@@ -182,7 +226,7 @@ class EndpointScraper:
             url=self.url,
             unit=self.config.unit,
             up=False,
-            error=message,
+            error=self._scrub(message),
             timestamp=started,
             duration_seconds=self._clock() - started,
             errors_total=tuple(sorted(self._errors.items())),
@@ -277,6 +321,20 @@ class EndpointScraper:
         self._last_state = state
 
 
+def _status_message(status: int, url: str) -> str:
+    hint = {401: " (credentials missing or wrong?)", 403: " (credentials not allowed?)"}.get(status, "")
+    return f"HTTP {status} from {url}{hint}"
+
+
+def _certifi_bundle() -> str | None:
+    """The CA bundle httpx verifies with by default (certifi), for `tls_config` without `ca_file`."""
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - httpx depends on it
+        return None
+    return str(certifi.where())
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__
@@ -295,6 +353,7 @@ class EndpointsSource(Source):
     ) -> None:
         # trust_env=False: proxies from the environment must not capture scrapes of local engines.
         self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        redact_library_logs()  # httpx logs each request's URL, query string included
         self.scrapers = [
             EndpointScraper(config, self._client, clock, tick_budget_seconds) for config in endpoints
         ]
@@ -312,4 +371,5 @@ class EndpointsSource(Source):
 
     async def close(self) -> None:
         await asyncio.gather(*(scraper.worker.close() for scraper in self.scrapers))
+        await asyncio.gather(*(scraper.close_client() for scraper in self.scrapers))
         await self._client.aclose()

@@ -267,7 +267,7 @@ def test_errors_never_echo_url_credentials_or_query_strings(tmp_path: Path) -> N
     message = str(caught.value)
     assert message == (
         "endpoints.0.url: expected an http:// or https:// URL such as http://localhost:8000/metrics "
-        "(got 'ftp://engine:8000/metrics')"
+        "(got 'ftp://<redacted>@engine:8000/metrics?token=<redacted>#<redacted>')"
     )
 
 

@@ -93,7 +93,7 @@ def test_a_bad_url_is_quoted_without_its_credentials(tmp_path: Path) -> None:
     )
     assert message == (
         "endpoints.0.url: '256.0.0.1' is not an IPv4 address (four numbers 0..255 joined by dots) "
-        "(got 'http://256.0.0.1:8000/metrics')"
+        "(got 'http://<redacted>@256.0.0.1:8000/metrics?token=<redacted>')"
     )
 
 
@@ -377,7 +377,7 @@ def test_check_config_redacts_endpoint_urls_unless_asked(
     [
         ("a=http://u:hunter2@h/m?token=tok-abc123,x", "--endpoint 'a': an option without '='"),
         ("a=http://h/m?a=1,token=tok-abc123", "--endpoint 'a': unknown option 'token'"),
-        ("http://u:hunter2@h/m", "--endpoint 'http://h/m': expected NAME=URL"),
+        ("http://u:hunter2@h/m", "--endpoint 'http://<redacted>@h/m': expected NAME=URL"),
     ],
 )
 def test_endpoint_flag_errors_never_echo_url_secrets(flag: str, expected: str) -> None:

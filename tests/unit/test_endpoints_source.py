@@ -15,7 +15,7 @@ from engine_server import engine_server, fixture
 
 from exporter.config import ConfigError, EndpointConfig, load_config
 from exporter.model import EndpointSample
-from exporter.sources.endpoints import EndpointsSource, display_url
+from exporter.sources.endpoints import EndpointsSource
 
 MODEL = 'model_name="m"'
 
@@ -333,8 +333,18 @@ def test_generic_endpoint_with_images() -> None:
     }
 
 
-def test_display_url_strips_credentials() -> None:
-    assert display_url("http://user:secret@host:8000/metrics?x=1") == "http://host:8000/metrics?x=1"
+def test_the_url_shown_is_redacted_and_keeps_ipv6_brackets() -> None:
+    source = EndpointsSource(
+        [
+            endpoint("http://user:secret@host:8000/metrics?x=1", name="a"),
+            endpoint("http://[::1]:8000/metrics", name="b"),
+        ]
+    )
+    asyncio.run(source.close())
+    assert [scraper.url for scraper in source.scrapers] == [
+        "http://<redacted>@host:8000/metrics?x=<redacted>",
+        "http://[::1]:8000/metrics",
+    ]
 
 
 # -- hostile pages (issue 13): the time limit covers the parse, one endpoint never touches another -------
