@@ -3,6 +3,7 @@
 tpw-exporter serve                 real GPUs through NVML
 tpw-exporter demo                  the built-in simulated node (no GPU needed)
 tpw-exporter check-config FILE     validate a config file and print the effective settings
+tpw-exporter diagnose              ask Prometheus which known patterns happened (exporter/diagnose/)
 """
 
 from __future__ import annotations
@@ -195,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides --scenario; env TPW_SIMULATION__SCHEDULE)",
     )
 
+    from exporter.diagnose.command import add_parser as add_diagnose_parser
+
+    add_diagnose_parser(commands)
+
     check = commands.add_parser(
         "check-config",
         help="validate a config file and print the effective settings",
@@ -350,6 +355,10 @@ def web_config_summary(config: Config) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "diagnose":  # reads Prometheus: no config, no TPW_* settings
+        from exporter.diagnose.command import run as run_diagnose
+
+        return run_diagnose(args)
     unknown = unknown_env_variables()
     try:
         if args.command == "check-config":
