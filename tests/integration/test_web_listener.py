@@ -56,21 +56,17 @@ def pki() -> Iterator[Path]:
     server_ext = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"
     sign(directory, "server", "/CN=tpw-exporter", server_ext, serial=1001)
     sign(directory, "renewed", "/CN=tpw-exporter renewed", server_ext, serial=1002)
-    sign(
-        directory,
-        "client",
-        "/CN=prometheus",
-        "subjectAltName=DNS:prometheus\nextendedKeyUsage=clientAuth",
-        2001,
-    )
+    client_ext = "extendedKeyUsage=clientAuth\nsubjectAltName=DNS:"
+    sign(directory, "client", "/CN=prometheus", client_ext + "prometheus", serial=2001)
+    sign(directory, "intruder", "/CN=intruder", client_ext + "intruder", serial=2002)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def client_context(pki: Path, certificate: bool = False) -> ssl.SSLContext:
+def client_context(pki: Path, certificate: bool = False, name: str = "client") -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     if certificate:
-        context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+        context.load_cert_chain(str(pki / f"{name}.crt"), str(pki / f"{name}.key"))
     return context
 
 
@@ -275,7 +271,7 @@ def test_wrong_password_is_401_and_the_health_pages_need_none(
         get(basic_auth.port, "/healthz")
 
 
-def test_no_client_certificate_fails_the_handshake(
+def test_no_client_certificate_fails_the_handshake_and_one_without_an_allowed_san_is_closed(
     pki: Path, tls_exporters: tuple[Exporter, Exporter]
 ) -> None:
     _, mtls = tls_exporters
@@ -283,6 +279,10 @@ def test_no_client_certificate_fails_the_handshake(
         get(mtls.port, "/metrics", client_context(pki))  # TLS 1.3: the alert may come with the first read
     assert get(mtls.port, "/metrics", client_context(pki, certificate=True))[0] == 200
     assert "TLS handshake failed" in mtls.output()
+    # signed by the CA, but without an allowed SAN (client_allowed_sans: [prometheus]): closed
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        get(mtls.port, "/metrics", client_context(pki, certificate=True, name="intruder"))
+    assert "closed a TLS connection: its client certificate has no allowed SAN" in mtls.output()
 
 
 def test_a_renewed_certificate_is_served_to_new_connections(
