@@ -23,6 +23,7 @@ SECRET_KEYS = frozenset({"credentials", "password", "secrets"})
 # Setting names that hold a URL (shown through redact_url).
 URL_KEYS = frozenset({"url", "api_url"})
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_TRAILING = ".,;:!?)]}"  # after a URL in a sentence; not '>', which ends a <redacted>
 
 
 def redact_url(url: str) -> str:
@@ -57,7 +58,8 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """`text` with every URL in it through `redact_url`. A URL runs to the next white space (a password may
-    hold quotes or '<'), except that one quoted ('…' or "…") ends at its last closing quote."""
+    hold quotes or '<'), except that one quoted ('…' or "…") ends at its last closing quote, and punctuation
+    that ends it (`URL: reason`) stays outside."""
     if "://" not in text:
         return text
 
@@ -67,7 +69,8 @@ def redact_text(text: str) -> str:
         if quote in ("'", '"') and quote in url:
             url, closing, after = url.rpartition(quote)
             after = closing + after
-        return redact_url(url) + after
+        kept = url.rstrip(_TRAILING)  # the sentence's punctuation: `cannot connect to URL: …`
+        return redact_url(kept) + url[len(kept) :] + after
 
     return _URL_IN_TEXT.sub(redacted, text)
 

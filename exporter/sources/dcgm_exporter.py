@@ -45,6 +45,7 @@ import httpx
 
 from exporter.model import MIB, PROFILING_SOURCE_DCGM, Profiling, SourceStatus
 from exporter.promtext import parse_selected
+from exporter.redact import redact_text, redact_url
 from exporter.sources.base import ExternalProfiles
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ class DcgmExporterProfiler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
+        self.shown_url = redact_url(url)  # in messages and logs: user info and query values <redacted>
         self.timeout = timeout_seconds
         self.max_body_bytes = max_body_bytes
         self._clock = clock
@@ -240,15 +242,15 @@ class DcgmExporterProfiler:
         try:
             page = await asyncio.wait_for(self._read_page(), timeout=self.timeout)
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            return self._failed(started, f"{self.url}: no page within {self.timeout:g} s")
+            return self._failed(started, f"{self.shown_url}: no page within {self.timeout:g} s")
         except PageError as exc:
-            return self._failed(started, f"{self.url}: {exc}")
+            return self._failed(started, f"{self.shown_url}: {exc}")
         except httpx.HTTPError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return self._failed(started, f"{self.url}: {type(exc).__name__}: {reason}")
+            return self._failed(started, f"{self.shown_url}: {type(exc).__name__}: {redact_text(reason)}")
         except Exception as exc:  # a bug must cost the GPUs their profiling for a tick, never the GPUs
             log.debug("dcgm-exporter: read failed unexpectedly", exc_info=True)
-            return self._failed(started, f"{self.url}: {type(exc).__name__}: {exc}")
+            return self._failed(started, f"{self.shown_url}: {type(exc).__name__}: {redact_text(str(exc))}")
         window = started - self._previous if self._previous is not None else None
         self._previous = started
         self._note_page(page)
@@ -319,7 +321,7 @@ class DcgmExporterProfiler:
             kind = note.split(" (")[0]
             if kind not in self._page_notes:
                 self._page_notes.add(kind)
-                log.warning("dcgm-exporter %s: %s", self.url, note)
+                log.warning("dcgm-exporter %s: %s", self.shown_url, note)
 
     def _note_gpu(self, uuid: str, page: Page, profile: GpuProfile | None) -> None:
         """Log, once per change, why a GPU gets no (or no bound-capable) profiling from the page."""

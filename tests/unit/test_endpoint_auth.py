@@ -287,6 +287,8 @@ def test_redact_text_finds_urls_in_messages_quoted_or_not() -> None:
     shown = redact_text(text)
     assert TOKEN not in shown and PASSWORD not in shown
     assert shown.startswith("got 'http://<redacted>@h/m?token=<redacted>', then \"https://h/?k=<redacted>\"")
+    already = "cannot connect to http://h:1/m?token=<redacted>: refused (see http://h/, or http://h/?a=1.)"
+    assert redact_text(already) == already.replace("?a=1.", "?a=<redacted>.")
 
 
 def test_check_config_dump_redacts_every_secret() -> None:
@@ -359,6 +361,8 @@ def test_no_secret_on_any_surface(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert samples["ok"].up and samples["file"].up, (samples["ok"].error, samples["file"].error)
     assert not samples["wrong"].up and "HTTP 401" in (samples["wrong"].error or "")
     assert dict(samples["gone"].errors_total) == {"connect": 2}
+    gone = dead_url.replace("//", "//<redacted>@") + "?token=<redacted>"
+    assert (samples["gone"].error or "").startswith(f"cannot connect to {gone}: ")
     assert dict(samples["away"].errors_total) == {"redirect": 2}
     assert dict(samples["nofile"].errors_total) == {"auth_config": 2}
     assert f'url="http://127.0.0.1:{port}/metrics?token=<redacted>"' in outputs[0].decode()
@@ -404,3 +408,27 @@ def test_a_message_quoting_a_secret_value_is_scrubbed(
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "scrape failed unexpectedly" in logged and "RuntimeError: sent <redacted>" in logged
     assert TOKEN not in logged and PASSWORD not in logged and encoded not in logged
+
+
+def test_the_dcgm_exporter_pages_url_is_redacted_in_its_errors_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """profiling.url is shown through the same redaction as an endpoint's URL."""
+    from exporter.sources.dcgm_exporter import DcgmExporterProfiler
+
+    with engine_server(b"") as dead:
+        url = dead.url.replace("//", f"//prom:{PASSWORD}@") + f"?token={TOKEN}"
+    reader = DcgmExporterProfiler(url, timeout_seconds=0.5)
+
+    async def run() -> str | None:
+        try:
+            return (await reader.read(["GPU-0"])).status.error
+        finally:
+            if reader._client is not None:
+                await reader._client.aclose()
+
+    with caplog.at_level(logging.DEBUG):
+        error = asyncio.run(run()) or ""
+    assert error.startswith(f"http://<redacted>@127.0.0.1:{dead.port}/metrics?token=<redacted>: ConnectError")
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert TOKEN not in error + logged and PASSWORD not in error + logged
