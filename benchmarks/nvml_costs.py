@@ -3,9 +3,9 @@
 Part 1 calls, on every GPU in turn, each NVML function the NVML source calls per tick (`--repeat` times,
 arguments as the source passes them) and prints per call the median and p99 wall time and the mean CPU
 time of the calling thread (user + system: in a VM most of an NVML call is the driver's ioctl, which
-counts). It does the same for the GPU-health calls (issue 14): those read every tick (the PCIe link, the
-NVLink byte counters) and those of the health read (ECC, remapped rows, limits, PCIe maximum and replays,
-NVLink states and error counters), read once every `nvml.health_interval_seconds` (30 s), and it measures
+counts). It does the same for the GPU-health calls (issue 14): those read every tick (the PCIe link) and
+those of the health read (ECC, remapped rows, power limit, PCIe maximum and replays, NVLink states, byte
+counters and error totals), read once every `nvml.health_interval_seconds` (30 s), and it measures
 the CPU of a thread waiting for XID events (`nvmlEventSetWait_v2`, 0.5 s timeout, as the source waits).
 Then, per GPU, what the health fields add to a tick: the new per-tick calls plus the health read divided
 by the ticks between two reads. Part 2 runs the NVML source's own tick (`NvmlSource.collect`, one worker
@@ -51,6 +51,7 @@ from exporter.sources.nvml import (
     GPM_RATIO_METRICS,
     NVLINK_ACTIVE,
     NVLINK_ERROR_COUNTERS,
+    NVLINK_ERROR_TOTAL_FIELDS,
     RETIREMENT_CAUSES,
     TEMPERATURE_GPU,
     NvmlSource,
@@ -77,13 +78,10 @@ def per_tick_calls() -> dict[str, Call]:
 
 
 def health_tick_calls() -> dict[str, Call]:
-    """The GPU-health calls the source makes every tick (the NVLink one only on GPUs with NVLink)."""
+    """The GPU-health calls the source makes every tick."""
     return {
         "PCIe link generation": pynvml.nvmlDeviceGetCurrPcieLinkGeneration,
         "PCIe link width": pynvml.nvmlDeviceGetCurrPcieLinkWidth,
-        "NVLink data bytes (all links)": lambda h: _checked_fields(
-            h, [(FIELD_NVLINK_TX, ALL_LINKS), (FIELD_NVLINK_RX, ALL_LINKS)]
-        ),
     }
 
 
@@ -141,7 +139,6 @@ def health_read_calls(handle: Any) -> dict[str, Call]:
             "retired pages pending": pynvml.nvmlDeviceGetRetiredPagesPendingStatus,
             "remapped rows": pynvml.nvmlDeviceGetRemappedRows,
             "default power limit": pynvml.nvmlDeviceGetPowerManagementDefaultLimit,
-            "max SM clock": lambda h: pynvml.nvmlDeviceGetMaxClockInfo(h, CLOCK_SM),
             "PCIe max generation": pynvml.nvmlDeviceGetMaxPcieLinkGeneration,
             "PCIe max width": pynvml.nvmlDeviceGetMaxPcieLinkWidth,
             "PCIe replay counter": pynvml.nvmlDeviceGetPcieReplayCounter,
@@ -153,11 +150,19 @@ def health_read_calls(handle: Any) -> dict[str, Call]:
         calls[f"NVLink states ({len(links)} links)"] = lambda h: [
             pynvml.nvmlDeviceGetNvLinkState(h, link) for link in links
         ]
-        calls[f"NVLink error counters ({len(up)} up × 4)"] = lambda h: [
-            pynvml.nvmlDeviceGetNvLinkErrorCounter(h, link, counter)
-            for link in up
-            for counter in NVLINK_ERROR_COUNTERS.values()
-        ]
+        calls["NVLink data bytes (all links)"] = lambda h: _checked_fields(
+            h, [(FIELD_NVLINK_TX, ALL_LINKS), (FIELD_NVLINK_RX, ALL_LINKS)]
+        )
+        totals = list(NVLINK_ERROR_TOTAL_FIELDS.values())
+        try:
+            _checked_fields(handle, totals)
+            calls["NVLink error totals (1 call, 4 fields)"] = lambda h: _checked_fields(h, totals)
+        except pynvml.NVMLError:  # the source falls back to every link's counters
+            calls[f"NVLink error counters ({len(up)} up × 4)"] = lambda h: [
+                pynvml.nvmlDeviceGetNvLinkErrorCounter(h, link, counter)
+                for link in up
+                for counter in NVLINK_ERROR_COUNTERS.values()
+            ]
     return calls
 
 

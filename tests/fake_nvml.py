@@ -36,6 +36,13 @@ import pynvml
 NVMLError = pynvml.NVMLError
 c_nvmlGpmMetricsGet_t = pynvml.c_nvmlGpmMetricsGet_t
 NVML_GPM_METRICS_GET_VERSION = pynvml.NVML_GPM_METRICS_GET_VERSION
+# pynvml's NVML_FI_DEV_NVLINK_*_ERROR_COUNT_TOTAL field ids → the NVML_NVLINK_ERROR_DL_* counter they sum
+NVLINK_ERROR_TOTALS = {
+    pynvml.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL: 0,
+    pynvml.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL: 1,
+    pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: 2,
+    pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: 3,
+}
 
 
 class Clock:
@@ -84,6 +91,7 @@ class FakeGpu:
     pcie_replays: int = 0
     nvlink_states: list[int] = field(default_factory=lambda: [1] * 18)  # []: no NVLink (NOT_SUPPORTED)
     nvlink_errors: dict[tuple[int, int], int] = field(default_factory=dict)  # (link, counter) -> count
+    nvlink_error_totals: bool = True  # the driver's *_ERROR_COUNT_TOTAL fields (sums of nvlink_errors)
     nvlink_tx_kib: int = 1_000
     nvlink_rx_kib: int = 2_000
     xid_events: bool = True  # nvmlDeviceGetSupportedEventTypes includes nvmlEventTypeXidCriticalError
@@ -229,6 +237,10 @@ class FakeNvml:
             elif field_id in (138, 139) and nvlink and scope == 0xFFFFFFFF:  # THROUGHPUT_DATA_TX/RX, KiB
                 values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
                 values[slot].value.ullVal = gpu.nvlink_tx_kib if field_id == 138 else gpu.nvlink_rx_kib
+            elif field_id in NVLINK_ERROR_TOTALS and nvlink and gpu.nvlink_error_totals:
+                counter = NVLINK_ERROR_TOTALS[field_id]
+                values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                values[slot].value.ullVal = sum(n for (_, c), n in gpu.nvlink_errors.items() if c == counter)
             elif field_id == pynvml.NVML_FI_DEV_POWER_INSTANT:
                 values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
                 values[slot].value.uiVal = gpu.power_mw

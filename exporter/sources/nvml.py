@@ -104,6 +104,10 @@ NVLINK_MAX_LINKS = 18  # probed when the link count field is unavailable (pynvml
 NVLINK_ACTIVE = 1  # nvmlDeviceGetNvLinkState: NVML_FEATURE_ENABLED
 # NVML_NVLINK_ERROR_DL_* counter ids by NVLINK_ERROR_TYPES entry.
 NVLINK_ERROR_COUNTERS = {"replay": 0, "recovery": 1, "crc_flit": 2, "crc_data": 3}
+# The same counters summed over every link by the driver (NVML_FI_DEV_NVLINK_*_ERROR_COUNT_TOTAL): one
+# field-values call instead of 4 calls a link, which cost 57 ms of CPU for 18 links on an H100
+# (docs/h100-reference.md); the per-link calls remain for drivers without them.
+NVLINK_ERROR_TOTAL_FIELDS = {"replay": 52, "recovery": 59, "crc_flit": 38, "crc_data": 45}
 EVENT_XID = 0x8  # nvmlEventTypeXidCriticalError; the event's eventData is the XID code
 
 
@@ -159,6 +163,8 @@ class GpuReader:
         self._health: GpuHealth | None = None
         self._health_due = -float("inf")  # the first tick reads it
         self._nvlink_errors: dict[tuple[int, str], int] = {}  # (link, type) → last count read
+        self._nvlink_bytes: tuple[float | None, float | None] = (None, None)  # read with the health
+        self._sm_clock_max_mhz: Any = None  # read once: a GPU's maximum clock does not change
         self._nvlink_links: tuple[int, ...] | None = None  # found in the first tick (`_links`)
         self._gpm_samples: list[Any] = []
         self._gpm_previous: tuple[Any, float] | None = None
@@ -250,11 +256,11 @@ class GpuReader:
         processes = self._optional("processes", nvml.nvmlDeviceGetComputeRunningProcesses, handle)
         process_ids = tuple(sorted({int(p.pid) for p in processes})) if processes else ()
         pcie_generation = pcie_width = None
-        nvlink_tx = nvlink_rx = None
+        health = self._health_now()  # NVLink's byte counters too (1.2 ms of CPU a read on an H100)
+        nvlink_tx, nvlink_rx = self._nvlink_bytes
         if self._health_interval is not None:
             pcie_generation = self._optional("pcie_generation", "nvmlDeviceGetCurrPcieLinkGeneration", handle)
             pcie_width = self._optional("pcie_width", "nvmlDeviceGetCurrPcieLinkWidth", handle)
-            nvlink_tx, nvlink_rx = self._nvlink_bytes()
         return GpuSample(
             info=self.info,
             timestamp=started,
@@ -275,7 +281,7 @@ class GpuReader:
             pcie_width=int(pcie_width) if pcie_width is not None else None,
             nvlink_tx_bytes=nvlink_tx,
             nvlink_rx_bytes=nvlink_rx,
-            health=self._health_now(),
+            health=health,
         )
 
     # -- GPU health ------------------------------------------------------------------------------------------
@@ -309,11 +315,16 @@ class GpuReader:
         default_limit_mw = self._optional(
             "power_default_limit", "nvmlDeviceGetPowerManagementDefaultLimit", handle
         )
-        sm_max_mhz = self._optional("max_sm_clock", "nvmlDeviceGetMaxClockInfo", handle, CLOCK_SM)
+        if self._sm_clock_max_mhz is None:  # 1.6 ms of CPU on an H100: once
+            self._sm_clock_max_mhz = self._optional(
+                "max_sm_clock", "nvmlDeviceGetMaxClockInfo", handle, CLOCK_SM
+            )
+        sm_max_mhz = self._sm_clock_max_mhz
         max_generation = self._optional("pcie_max_generation", "nvmlDeviceGetMaxPcieLinkGeneration", handle)
         max_width = self._optional("pcie_max_width", "nvmlDeviceGetMaxPcieLinkWidth", handle)
         replays = self._optional("pcie_replays", "nvmlDeviceGetPcieReplayCounter", handle)
         links_up, nvlink_errors = self._nvlink_health()
+        self._nvlink_bytes = self._read_nvlink_bytes()
 
         def count(value: Any) -> int | None:
             return int(value) if value is not None else None
@@ -378,21 +389,26 @@ class GpuReader:
         return links
 
     def _nvlink_health(self) -> tuple[int | None, tuple[tuple[str, int], ...]]:
-        """Links up, and each error counter summed over the links (a link's last count is kept while it is
-        down, so the sums never go backwards when a link drops)."""
+        """Links up, and each error counter summed over the links: by the driver where it can (one call),
+        else link by link (a link's last count is then kept while it is down, so the sums never go
+        backwards when a link drops)."""
         links = self._links()
         if not links:
             return None, ()
         handle = self.handle
-        answered = up = 0
+        answered = 0
+        active: list[int] = []
         for link in links:
             state = self._optional(f"nvlink_state_{link}", "nvmlDeviceGetNvLinkState", handle, link)
             if state is None:
                 continue
             answered += 1
-            if state != NVLINK_ACTIVE:
-                continue
-            up += 1
+            if state == NVLINK_ACTIVE:
+                active.append(link)
+        up = len(active) if answered else None
+        if answered and (driver_totals := self._nvlink_error_totals()) is not None:
+            return up, driver_totals
+        for link in active:
             for name, counter in NVLINK_ERROR_COUNTERS.items():
                 field = f"nvlink_{name}_errors_{link}"
                 value = self._optional(field, "nvmlDeviceGetNvLinkErrorCounter", handle, link, counter)
@@ -403,10 +419,31 @@ class GpuReader:
             for name in NVLINK_ERROR_TYPES
             if any(kind == name for _, kind in self._nvlink_errors)
         )
-        return (up if answered else None), totals
+        return up, totals
 
-    def _nvlink_bytes(self) -> tuple[float | None, float | None]:
-        """NVLink data bytes sent and received over all links (counters), one field-values call a tick."""
+    def _nvlink_error_totals(self) -> tuple[tuple[str, int], ...] | None:
+        """The error counters summed over the links by the driver, in one call; None where unsupported
+        (then the per-link counters are read, and this is not asked again)."""
+        field = "nvlink_error_totals"
+        if field in self._unsupported:
+            return None
+        request = list(NVLINK_ERROR_TOTAL_FIELDS.values())
+        values = self._optional(field, self._nvml.nvmlDeviceGetFieldValues, self.handle, request)
+        found: dict[int, int] = {}
+        for value in values or ():
+            if value.nvmlReturn in GPU_DOWN_CODES:
+                raise GpuDown(f"field {value.fieldId}: NVML return {value.nvmlReturn}")
+            if value.nvmlReturn == 0:
+                found[value.fieldId] = int(_field_number(value))
+        if not found:
+            self._unsupported.add(field)
+            return None
+        by_type = {name: found[fid] for name, fid in NVLINK_ERROR_TOTAL_FIELDS.items() if fid in found}
+        return tuple((name, by_type[name]) for name in NVLINK_ERROR_TYPES if name in by_type)
+
+    def _read_nvlink_bytes(self) -> tuple[float | None, float | None]:
+        """NVLink data bytes sent and received over all links (counters), one field-values call, read on the
+        health cadence: 1.2 ms of CPU a call on an H100, too dear for every tick."""
         field = "nvlink_throughput"
         if field in self._unsupported or not self._links():
             return None, None
