@@ -51,6 +51,7 @@ from exporter.sources.nvml import (
     GPM_RATIO_METRICS,
     NVLINK_ACTIVE,
     NVLINK_ERROR_COUNTERS,
+    NVLINK_ERROR_DL_FIELDS,
     NVLINK_ERROR_TOTAL_FIELDS,
     RETIREMENT_CAUSES,
     TEMPERATURE_GPU,
@@ -92,6 +93,14 @@ def _checked_fields(handle: Any, fields: list[Any]) -> object:
         if value.nvmlReturn != 0:
             raise pynvml.NVMLError(value.nvmlReturn)
     return values
+
+
+def _supported(handle: Any, fields: list[Any]) -> bool:
+    try:
+        _checked_fields(handle, fields)
+    except pynvml.NVMLError:
+        return False
+    return True
 
 
 def nvlink_links(handle: Any) -> list[int]:
@@ -154,10 +163,12 @@ def health_read_calls(handle: Any) -> dict[str, Call]:
             h, [(FIELD_NVLINK_TX, ALL_LINKS), (FIELD_NVLINK_RX, ALL_LINKS)]
         )
         totals = list(NVLINK_ERROR_TOTAL_FIELDS.values())
-        try:
-            _checked_fields(handle, totals)
+        dl = [(field, ALL_LINKS) for field in NVLINK_ERROR_DL_FIELDS.values()]
+        if _supported(handle, totals):
             calls["NVLink error totals (1 call, 4 fields)"] = lambda h: _checked_fields(h, totals)
-        except pynvml.NVMLError:  # the source falls back to every link's counters
+        elif _supported(handle, dl):
+            calls["NVLink error DL fields, all links (1 call, 3 fields)"] = lambda h: _checked_fields(h, dl)
+        else:  # the source falls back to every link's counters
             calls[f"NVLink error counters ({len(up)} up × 4)"] = lambda h: [
                 pynvml.nvmlDeviceGetNvLinkErrorCounter(h, link, counter)
                 for link in up

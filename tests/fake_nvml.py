@@ -43,6 +43,12 @@ NVLINK_ERROR_TOTALS = {
     pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: 2,
     pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: 3,
 }
+# pynvml's NVML_FI_DEV_NVLINK_ERROR_DL_* field ids → the DL counters they sum (CRC: flit and data)
+NVLINK_ERROR_DL = {
+    pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY: (0,),
+    pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY: (1,),
+    pynvml.NVML_FI_DEV_NVLINK_ERROR_DL_CRC: (2, 3),
+}
 
 
 class Clock:
@@ -91,7 +97,10 @@ class FakeGpu:
     pcie_replays: int = 0
     nvlink_states: list[int] = field(default_factory=lambda: [1] * 18)  # []: no NVLink (NOT_SUPPORTED)
     nvlink_errors: dict[tuple[int, int], int] = field(default_factory=dict)  # (link, counter) -> count
-    nvlink_error_totals: bool = True  # the driver's *_ERROR_COUNT_TOTAL fields (sums of nvlink_errors)
+    # How the driver sums nvlink_errors over the links: the *_ERROR_COUNT_TOTAL fields (not on the H100 VM's
+    # driver 580), the ERROR_DL_* fields with the all-links scope (there: replay, recovery, CRC of both kinds)
+    nvlink_error_totals: bool = False
+    nvlink_error_dl: bool = True
     nvlink_tx_kib: int = 1_000
     nvlink_rx_kib: int = 2_000
     xid_events: bool = True  # nvmlDeviceGetSupportedEventTypes includes nvmlEventTypeXidCriticalError
@@ -241,6 +250,10 @@ class FakeNvml:
                 counter = NVLINK_ERROR_TOTALS[field_id]
                 values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
                 values[slot].value.ullVal = sum(n for (_, c), n in gpu.nvlink_errors.items() if c == counter)
+            elif field_id in NVLINK_ERROR_DL and nvlink and gpu.nvlink_error_dl and scope == 0xFFFFFFFF:
+                counters = NVLINK_ERROR_DL[field_id]
+                values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                values[slot].value.ullVal = sum(n for (_, c), n in gpu.nvlink_errors.items() if c in counters)
             elif field_id == pynvml.NVML_FI_DEV_POWER_INSTANT:
                 values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
                 values[slot].value.uiVal = gpu.power_mw

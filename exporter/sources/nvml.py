@@ -104,10 +104,14 @@ NVLINK_MAX_LINKS = 18  # probed when the link count field is unavailable (pynvml
 NVLINK_ACTIVE = 1  # nvmlDeviceGetNvLinkState: NVML_FEATURE_ENABLED
 # NVML_NVLINK_ERROR_DL_* counter ids by NVLINK_ERROR_TYPES entry.
 NVLINK_ERROR_COUNTERS = {"replay": 0, "recovery": 1, "crc_flit": 2, "crc_data": 3}
-# The same counters summed over every link by the driver (NVML_FI_DEV_NVLINK_*_ERROR_COUNT_TOTAL): one
-# field-values call instead of 4 calls a link, which cost 57 ms of CPU for 18 links on an H100
-# (docs/h100-reference.md); the per-link calls remain for drivers without them.
+# The same counters summed over every link by the driver, in one field-values call instead of 4 calls a
+# link (57 ms of CPU for 18 links on an H100 VM, driver 580; docs/h100-reference.md), in order of preference:
+# NVML_FI_DEV_NVLINK_*_ERROR_COUNT_TOTAL (17 µs where supported; not on that driver), then
+# NVML_FI_DEV_NVLINK_ERROR_DL_{REPLAY,RECOVERY,CRC} with the all-links scope (1.3 ms there; its CRC
+# counter is flit and data CRC errors together: type "crc"); the per-link calls remain for drivers
+# with neither.
 NVLINK_ERROR_TOTAL_FIELDS = {"replay": 52, "recovery": 59, "crc_flit": 38, "crc_data": 45}
+NVLINK_ERROR_DL_FIELDS = {"replay": 161, "recovery": 162, "crc": 163}  # scopeId ALL_LINKS
 EVENT_XID = 0x8  # nvmlEventTypeXidCriticalError; the event's eventData is the XID code
 
 
@@ -406,8 +410,12 @@ class GpuReader:
             if state == NVLINK_ACTIVE:
                 active.append(link)
         up = len(active) if answered else None
-        if answered and (driver_totals := self._nvlink_error_totals()) is not None:
-            return up, driver_totals
+        for key, fields, scope in (
+            ("nvlink_error_totals", NVLINK_ERROR_TOTAL_FIELDS, None),
+            ("nvlink_error_dl", NVLINK_ERROR_DL_FIELDS, ALL_LINKS),
+        ):
+            if answered and (driver_totals := self._nvlink_error_totals(key, fields, scope)) is not None:
+                return up, driver_totals
         for link in active:
             for name, counter in NVLINK_ERROR_COUNTERS.items():
                 field = f"nvlink_{name}_errors_{link}"
@@ -421,13 +429,14 @@ class GpuReader:
         )
         return up, totals
 
-    def _nvlink_error_totals(self) -> tuple[tuple[str, int], ...] | None:
-        """The error counters summed over the links by the driver, in one call; None where unsupported
-        (then the per-link counters are read, and this is not asked again)."""
-        field = "nvlink_error_totals"
+    def _nvlink_error_totals(
+        self, field: str, fields: dict[str, int], scope: int | None
+    ) -> tuple[tuple[str, int], ...] | None:
+        """Error counters (type → field id) summed over the links by the driver, in one call; None where
+        unsupported (then the next way is tried, and this one is not asked again)."""
         if field in self._unsupported:
             return None
-        request = list(NVLINK_ERROR_TOTAL_FIELDS.values())
+        request: list[Any] = [fid if scope is None else (fid, scope) for fid in fields.values()]
         values = self._optional(field, self._nvml.nvmlDeviceGetFieldValues, self.handle, request)
         found: dict[int, int] = {}
         for value in values or ():
@@ -438,8 +447,7 @@ class GpuReader:
         if not found:
             self._unsupported.add(field)
             return None
-        by_type = {name: found[fid] for name, fid in NVLINK_ERROR_TOTAL_FIELDS.items() if fid in found}
-        return tuple((name, by_type[name]) for name in NVLINK_ERROR_TYPES if name in by_type)
+        return tuple((name, found[fid]) for name, fid in fields.items() if fid in found)
 
     def _read_nvlink_bytes(self) -> tuple[float | None, float | None]:
         """NVLink data bytes sent and received over all links (counters), one field-values call, read on the

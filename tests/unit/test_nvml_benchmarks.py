@@ -35,7 +35,9 @@ def test_nvml_costs_runs_every_part(fake_pynvml: FakeNvml, capsys: pytest.Captur
     out = capsys.readouterr().out
     for gpu in (0, 1):
         assert f"GPU {gpu}: health fields add" in out and f"GPU {gpu}: the calls of one tick cost" in out
-    assert "NVLink error totals (1 call, 4 fields)" in out and "ECC uncorrected aggregate" in out
+    assert (
+        "NVLink error DL fields, all links (1 call, 3 fields)" in out and "ECC uncorrected aggregate" in out
+    )
     assert re.search(r"NVLink data bytes \(all links\)\s+0\s+health\s", out)  # on the health cadence
     assert not re.search(r"NVLink [^\n]*\s1\s+(per tick|health)\s", out)  # GPU 1 has no NVLink
     assert "retired pages single_bit" in out and "unsupported" in out  # an H100 remaps rows instead

@@ -74,7 +74,8 @@ def test_health_values_are_read_at_start_in_base_units() -> None:
     assert health.sm_clock_max_hertz == pytest.approx(1980e6)
     assert (health.pcie_max_generation, health.pcie_max_width, health.pcie_replays) == (5, 16, 7)
     assert (health.nvlink_links, health.nvlink_links_up) == (18, 18)
-    assert dict(health.nvlink_errors) == {"replay": 7, "recovery": 1, "crc_flit": 9, "crc_data": 4}
+    # (the fake's driver sums them as the H100 VM's does: the ERROR_DL fields, CRC of both kinds)
+    assert dict(health.nvlink_errors) == {"replay": 7, "recovery": 1, "crc": 13}
     # an H100 remaps rows instead of retiring pages: absent, never 0
     assert health.retired_pages_single_bit is None and health.retired_pages_pending is None
     # read every tick: the current PCIe link, NVLink data counters (KiB → bytes)
@@ -202,15 +203,21 @@ def test_a_gpu_lost_in_the_health_read_is_down_then_read_again_at_once() -> None
 # -- NVLink -----------------------------------------------------------------------------------------------
 
 
-def test_nvlink_error_sums_come_from_the_drivers_totals_in_one_call() -> None:
-    """Not 4 calls a link (57 ms of CPU for 18 links on an H100): the *_ERROR_COUNT_TOTAL fields."""
+@pytest.mark.parametrize("way", ["totals", "dl"])
+def test_nvlink_error_sums_come_from_the_drivers_totals_in_one_call(way: str) -> None:
+    """Not 4 calls a link (57 ms of CPU for 18 links on an H100): the *_ERROR_COUNT_TOTAL fields, else the
+    ERROR_DL_* fields over all links (the H100 VM's driver: its CRC counter is both kinds, type crc)."""
     fake, source, clock = make(1)
-    fake.gpus[0].nvlink_errors = {(0, 0): 5, (3, 0): 2, (17, 2): 9}
+    gpu = fake.gpus[0]
+    gpu.nvlink_error_totals, gpu.nvlink_error_dl = way == "totals", way == "dl"
+    gpu.nvlink_errors = {(0, 0): 5, (3, 0): 2, (17, 2): 9, (4, 3): 1}
     for _ in range(2):
         health = collect(source)[0].health
         clock.advance(HEALTH_INTERVAL)
-    assert health is not None and dict(health.nvlink_errors)["replay"] == 7
-    assert dict(health.nvlink_errors)["crc_flit"] == 9
+    assert health is not None
+    expected = {"replay": 7, "recovery": 0}
+    expected |= {"crc_flit": 9, "crc_data": 1} if way == "totals" else {"crc": 10}
+    assert dict(health.nvlink_errors) == expected
     assert "nvmlDeviceGetNvLinkErrorCounter" not in fake.calls
     close(source)
 
@@ -219,7 +226,7 @@ def test_a_link_going_down_keeps_the_error_sums_from_going_backwards() -> None:
     """Without the driver's totals, link by link: a down link's last count is kept."""
     fake, source, clock = make(1)
     gpu = fake.gpus[0]
-    gpu.nvlink_error_totals = False
+    gpu.nvlink_error_totals = gpu.nvlink_error_dl = False
     gpu.nvlink_errors = {(2, 0): 10, (5, 0): 3}
     collect(source)
     gpu.nvlink_states[2] = 0
