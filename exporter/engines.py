@@ -9,12 +9,14 @@ normalized fields themselves are ``exporter.model.ENDPOINT_FIELDS``.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from exporter.model import ENGINE_GENERIC, EndpointValue, check_generic_mapping
+from exporter.histograms import KINDS, MAX_ENGINE_BOUNDS, rebucket, valid_cumulative
+from exporter.model import ENGINE_GENERIC, EndpointHistogram, EndpointValue, check_generic_mapping
 from exporter.promtext import Sample
 
 __all__ = [
@@ -22,11 +24,13 @@ __all__ = [
     "PROFILES",
     "EngineProfile",
     "FieldSource",
+    "HistogramSource",
     "NormalizedSeries",
     "detect_engine",
     "generic_profile",
     "is_detection_name",
     "normalize",
+    "normalize_histograms",
 ]
 
 OUTCOMES: tuple[str, ...] = ("success", "failure", "aborted", "other", "unknown")
@@ -84,6 +88,23 @@ Candidate = tuple[FieldSource, ...]
 """Sources summed together to make one candidate reading of a field (e.g. success + failure)."""
 
 
+@dataclass(frozen=True)
+class HistogramSource:
+    """One source histogram of a latency kind (``exporter.histograms.KINDS``).
+
+    ``base`` is the histogram's name without suffix: its ``_bucket`` samples are read for the buckets,
+    its ``_sum`` and ``_count`` into the kind's normalized fields. Bucket bounds (``le``) and the sum are
+    multiplied by ``scale`` (1e-3 for ms); counts are not.
+    """
+
+    base: str
+    scale: float = 1.0
+
+
+LatencySources = Mapping[str, tuple[HistogramSource, ...]]
+"""Per latency kind, its source histograms in preference order (newest or most precise first)."""
+
+
 @dataclass(frozen=True, eq=False)
 class EngineProfile:
     """How to read one serving engine's metrics page.
@@ -101,6 +122,7 @@ class EngineProfile:
     detect: tuple[str, ...]
     citation: str
     work_unit: str = "tokens"
+    histograms: LatencySources = field(default_factory=lambda: MappingProxyType({}))
 
     def wanted_names(self) -> frozenset[str]:
         """Every sample name the profile may read, for :func:`exporter.promtext.parse_selected`."""
@@ -110,7 +132,7 @@ class EngineProfile:
             for candidate in candidates
             for source in candidate
             for name in source.metrics()
-        )
+        ) | {f"{source.base}_bucket" for sources in self.histograms.values() for source in sources}
 
     def model_of(self, labels: Mapping[str, str]) -> str:
         """The model a sample belongs to."""
@@ -131,18 +153,32 @@ def _one(metric: str, scale: float = 1.0, match: Mapping[str, str] = _EMPTY) -> 
     return (FieldSource(metric, scale=scale, match=match),)
 
 
-def _histogram(prefix: str, base: str, scale: float = 1.0) -> dict[str, tuple[Candidate, ...]]:
-    """The ``<prefix>_sum`` and ``<prefix>_count`` fields read from histogram ``base``."""
-    return {
-        f"{prefix}_sum": (_one(f"{base}_sum", scale=scale),),
-        f"{prefix}_count": (_one(f"{base}_count"),),
-    }
+def _latency(sources: LatencySources) -> dict[str, tuple[Candidate, ...]]:
+    """The ``_sum`` and ``_count`` fields of each latency kind, read from its histograms in the same order
+    as its buckets (:func:`normalize_histograms`)."""
+    fields: dict[str, tuple[Candidate, ...]] = {}
+    for kind, histograms in sources.items():
+        fields[KINDS[kind].sum_field] = tuple(_one(f"{h.base}_sum", scale=h.scale) for h in histograms)
+        fields[KINDS[kind].count_field] = tuple(_one(f"{h.base}_count") for h in histograms)
+    return fields
 
 
 # vLLM finish reasons: vllm/v1/engine/__init__.py FINISH_REASON_STRINGS (V0: vllm/sequence.py).
 _VLLM_OUTCOMES = _labels(
     stop="success", length="success", repetition="success", abort="aborted", error="failure"
 )
+
+# Per-request TPOT (v0.11+) before the per-token inter-token latency (its new and its deprecated name).
+_VLLM_LATENCY: LatencySources = {
+    "ttft": (HistogramSource("vllm:time_to_first_token_seconds"),),
+    "tpot": (
+        HistogramSource("vllm:request_time_per_output_token_seconds"),
+        HistogramSource("vllm:inter_token_latency_seconds"),
+        HistogramSource("vllm:time_per_output_token_seconds"),
+    ),
+    "e2e": (HistogramSource("vllm:e2e_request_latency_seconds"),),
+    "queue": (HistogramSource("vllm:request_queue_time_seconds"),),
+}
 
 VLLM = EngineProfile(
     name="vllm",
@@ -163,13 +199,23 @@ VLLM = EngineProfile(
         "requests_waiting": (_one("vllm:num_requests_waiting"),),
         # Renamed in v0.9; both are 0..1 fractions ("1 means 100 percent usage").
         "kv_cache_usage_ratio": (_one("vllm:kv_cache_usage_perc"), _one("vllm:gpu_cache_usage_perc")),
-        **_histogram("ttft_seconds", "vllm:time_to_first_token_seconds"),
-        **_histogram("e2e_latency_seconds", "vllm:e2e_request_latency_seconds"),
+        **_latency(_VLLM_LATENCY),
     },
     model_labels=("model_name",),
     detect=("vllm:",),
     citation="vllm-project/vllm vllm/engine/metrics.py (V0 engine), vllm/v1/metrics/loggers.py (V1 engine)",
+    histograms=_VLLM_LATENCY,
 )
+
+_SGLANG_LATENCY: LatencySources = {
+    "ttft": (HistogramSource("sglang:time_to_first_token_seconds"),),
+    "tpot": (
+        HistogramSource("sglang:inter_token_latency_seconds"),
+        HistogramSource("sglang:time_per_output_token_seconds"),
+    ),
+    "e2e": (HistogramSource("sglang:e2e_request_latency_seconds"),),
+    "queue": (HistogramSource("sglang:queue_time_seconds"),),
+}
 
 SGLANG = EngineProfile(
     name="sglang",
@@ -181,13 +227,20 @@ SGLANG = EngineProfile(
         "requests_waiting": (_one("sglang:num_queue_reqs"),),
         # num_used_tokens / max_total_num_tokens of the KV pool, a 0..1 fraction.
         "kv_cache_usage_ratio": (_one("sglang:token_usage"),),
-        **_histogram("ttft_seconds", "sglang:time_to_first_token_seconds"),
-        **_histogram("e2e_latency_seconds", "sglang:e2e_request_latency_seconds"),
+        **_latency(_SGLANG_LATENCY),
     },
     model_labels=("model_name",),
     detect=("sglang:",),
     citation="sgl-project/sglang python/sglang/srt/metrics/collector.py",
+    histograms=_SGLANG_LATENCY,
 )
+
+# No time to first token; the mean time per token is one observation per successful request.
+_TGI_LATENCY: LatencySources = {
+    "tpot": (HistogramSource("tgi_request_mean_time_per_token_duration"),),
+    "e2e": (HistogramSource("tgi_request_duration"),),
+    "queue": (HistogramSource("tgi_request_queue_duration"),),
+}
 
 TGI = EngineProfile(
     name="tgi",
@@ -207,15 +260,21 @@ TGI = EngineProfile(
         "generation_tokens_total": (_one("tgi_request_generated_tokens_sum"),),
         "requests_running": (_one("tgi_batch_current_size"),),
         "requests_waiting": (_one("tgi_queue_size"),),
-        **_histogram("e2e_latency_seconds", "tgi_request_duration"),
+        **_latency(_TGI_LATENCY),
     },
     model_labels=(),
     detect=("tgi_",),
     citation="huggingface/text-generation-inference docs/source/reference/metrics.md, router/src/server.rs",
+    histograms=_TGI_LATENCY,
 )
 
 _TRT_LLM_KV = "nv_trt_llm_kv_cache_block_metrics"
 _TRT_LLM_REQUESTS = "nv_trt_llm_request_metrics"
+
+# Time to first response of decoupled models (--metrics-config histogram_latencies=true), in milliseconds.
+_TRITON_LATENCY: LatencySources = {
+    "ttft": (HistogramSource("nv_inference_first_response_histogram_ms", scale=1e-3),),
+}
 
 TRITON = EngineProfile(
     name="triton",
@@ -252,7 +311,7 @@ TRITON = EngineProfile(
                 ),
             ),
         ),
-        **_histogram("ttft_seconds", "nv_inference_first_response_histogram_ms", scale=1e-3),
+        **_latency(_TRITON_LATENCY),
         # Cumulative microsecond counters (default) or the optional summary; both cover successes only.
         "e2e_latency_seconds_sum": (
             _one("nv_inference_request_duration_us", scale=1e-6),
@@ -271,6 +330,7 @@ TRITON = EngineProfile(
         "inflight_batcher_llm/src/custom_metrics_reporter/custom_metrics_reporter.cc, "
         "all_models/inflight_batcher_llm/tensorrt_llm/1/model.py"
     ),
+    histograms=_TRITON_LATENCY,
 )
 
 LLAMACPP = EngineProfile(
@@ -430,3 +490,97 @@ def _sum_by_model(
         if source.selects(sample.labels):
             sums[profile.model_of(sample.labels)] += sample.value
     return sums
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Latency histograms
+
+
+def normalize_histograms(
+    profile: EngineProfile, samples: Iterable[Sample]
+) -> tuple[list[EndpointHistogram], Counter[str]]:
+    """The page's latency histograms with buckets, one per (kind, model), and what was left out by reason.
+
+    For each kind and model the histogram is the first of the kind's sources with a ``_count`` sample for
+    the model, the one its ``_sum``/``_count`` fields come from (:func:`normalize`). Its ``_bucket``
+    samples are summed per ``le`` over every other label (ranks, like the counters), scaled to seconds and
+    re-bucketed onto the kind's fixed bounds (``exporter.histograms``). A histogram whose counts are not a
+    histogram's (a bound that is not a number, no ``+Inf`` bucket, counts NaN, negative, past 2**53 or
+    decreasing in ``le``) is left out as ``invalid_value``; one with more than MAX_ENGINE_BOUNDS finite
+    bounds as ``too_many_series``. A source with ``_count`` but no ``_bucket`` samples has no histogram
+    (its sum and count are still fields).
+    """
+    roles: dict[str, tuple[str, int, bool]] = {}  # sample name → (kind, source index, is a bucket)
+    for kind, sources in profile.histograms.items():
+        for index, source in enumerate(sources):
+            roles[f"{source.base}_count"] = (kind, index, False)
+            roles[f"{source.base}_bucket"] = (kind, index, True)
+    chosen: dict[tuple[str, str], int] = {}  # (kind, model) → the first source with a count
+    buckets: dict[tuple[str, int, str], dict[float, float]] = {}  # (kind, source, model) → le → count
+    broken: set[tuple[str, int, str]] = set()
+    for sample in samples:
+        role = roles.get(sample.name)
+        if role is None:
+            continue
+        kind, index, is_bucket = role
+        model = profile.model_of(sample.labels)
+        if not is_bucket:
+            if index < chosen.get((kind, model), len(profile.histograms[kind])):
+                chosen[(kind, model)] = index
+            continue
+        key = (kind, index, model)
+        le = _bound(sample.labels.get("le"))
+        if le is None:
+            broken.add(key)
+            continue
+        per_le = buckets.setdefault(key, {})
+        per_le[le] = per_le.get(le, 0.0) + sample.value
+    histograms: list[EndpointHistogram] = []
+    dropped: Counter[str] = Counter()
+    for (kind, model), index in chosen.items():
+        key = (kind, index, model)
+        if key not in buckets:
+            continue
+        if key in broken:
+            dropped["invalid_value"] += 1
+            continue
+        scale = profile.histograms[kind][index].scale
+        histogram = _histogram(kind, model, buckets[key], scale, dropped)
+        if histogram is not None:
+            histograms.append(histogram)
+    return histograms, dropped
+
+
+def _bound(text: str | None) -> float | None:
+    """A bucket's ``le`` as a number (``+Inf`` included), or None when it is not one."""
+    try:
+        value = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return value if value >= 0 else None  # NaN, negative: no latency bound
+
+
+def _histogram(
+    kind: str, model: str, per_le: dict[float, float], scale: float, dropped: Counter[str]
+) -> EndpointHistogram | None:
+    total = per_le.get(math.inf)
+    finite = sorted((le, count) for le, count in per_le.items() if le != math.inf)
+    if len(finite) > MAX_ENGINE_BOUNDS:
+        dropped["too_many_series"] += 1
+        return None
+    counts = [count for _, count in finite]
+    if total is None or not valid_cumulative(counts, total):
+        dropped["invalid_value"] += 1
+        return None
+    # Engines count whole observations: rounding only changes a float artefact (or a malformed page's
+    # fraction) by less than one, and keeps the counts cumulative.
+    whole = tuple(round(count) for count in counts)
+    bounds = tuple(le * scale for le, _ in finite)
+    return EndpointHistogram(
+        kind=kind,
+        model=model,
+        bounds=bounds,
+        counts=whole,
+        count=round(total),
+        buckets=rebucket(bounds, whole, KINDS[kind].bounds),
+    )

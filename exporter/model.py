@@ -148,6 +148,16 @@ ENDPOINT_FIELDS: tuple[EndpointField, ...] = (
         "counter",
         "Requests counted in e2e_latency_seconds_sum (histogram count).",
     ),
+    EndpointField("tpot_seconds_sum", "counter", "Sum of the times per output token (histogram sum)."),
+    EndpointField(
+        "tpot_seconds_count",
+        "counter",
+        "Observations counted in tpot_seconds_sum (histogram count: requests, or inter-token gaps).",
+    ),
+    EndpointField("queue_time_seconds_sum", "counter", "Sum of the times requests queued (histogram sum)."),
+    EndpointField(
+        "queue_time_seconds_count", "counter", "Requests counted in queue_time_seconds_sum (histogram count)."
+    ),
     EndpointField(
         "work_units_total",
         "counter",
@@ -351,6 +361,19 @@ class EndpointValue:
     outcome: str | None = None  # only for requests_total: success | failure | aborted | other | unknown
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointHistogram:
+    """One latency histogram of an endpoint's model (`exporter.histograms`): the engine's own cumulative
+    bucket counts, and the same re-bucketed onto the kind's fixed bounds (what is published)."""
+
+    kind: str  # exporter.histograms.KINDS: ttft | tpot | e2e | queue
+    model: str
+    bounds: tuple[float, ...]  # the engine's finite bucket bounds, in seconds, increasing
+    counts: tuple[int, ...]  # cumulative count of observations ≤ each bound
+    count: int  # the +Inf bucket: every observation
+    buckets: tuple[int, ...]  # cumulative counts at the kind's fixed bounds (conservative re-bucketing)
+
+
 # `EndpointSample.attribution` of a `gpus: auto` endpoint whose GPUs are not known yet: it has no GPUs.
 ATTRIBUTION_PENDING = "pending"
 # `EndpointSample.attribution` of a `gpus: auto` endpoint whose GPUs are its pods' (`exporter.k8s`).
@@ -380,6 +403,7 @@ class EndpointSample:
     dropped_total: tuple[tuple[str, int], ...] = ()  # (DROP_REASONS entry, series since start), cumulative
     resets_total: int = 0  # counters seen going backwards (engine restarts) since start
     process_start_time_seconds: float | None = None  # the engine's own process_start_time_seconds
+    histograms: tuple[EndpointHistogram, ...] = ()  # latency histograms with buckets, per kind and model
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +412,29 @@ class NodeInfo:
     nvml_version: str = ""
     cuda_driver_version: str = ""
     simulated_scenario: str | None = None  # set only on the simulated node
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """An endpoint's latency objective (`slo` in its configuration); None: no objective on that latency."""
+
+    ttft_seconds: float | None = None  # time to first token at most this
+    tpot_seconds: float | None = None  # time per output token at most this
+
+
+@dataclass(frozen=True, slots=True)
+class SloAttainment:
+    """The share of an endpoint's requests within its SLO over the derive window (`exporter.derive.goodput`):
+    `ratio` is the estimate, the truth lies in [lower, upper] (the engine's buckets around the threshold)."""
+
+    slo: str  # SLO_NAMES: ttft | tpot | both (the product of the two)
+    ratio: float
+    lower: float
+    upper: float
+
+
+# The `slo` label of tpw_endpoint_slo_attainment_ratio.
+SLO_NAMES: tuple[str, ...] = ("ttft", "tpot", "both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +461,9 @@ class DerivedEndpoint:
     tokens_per_busy_gpu_second: float | None = None
     energy_cost_per_million_tokens: float | None = None
     co2_grams_per_million_tokens: float | None = None
+    slo_attainment: tuple[SloAttainment, ...] = ()  # per SLO_NAMES entry that can be estimated
+    goodput_tokens_per_joule: float | None = None  # tokens of requests within the SLO per joule (estimate)
+    goodput_tokens_per_joule_bounds: tuple[float, float] | None = None  # (lower, upper) of that estimate
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exporter.histograms import KINDS
 from exporter.model import (
     ATTRIBUTION_PENDING,
     ENDPOINT_COUNTER_FIELDS,
@@ -16,25 +17,14 @@ from exporter.model import (
     Snapshot,
 )
 from exporter.render.families import gauge
+from exporter.render.latency import latency_families
 
-# summary name → (help, sum field, count field)
-SUMMARIES: dict[str, tuple[str, str, str]] = {
-    "tpw_endpoint_time_to_first_token_seconds": (
-        "Time to first token: sum and count from the engine's histogram.",
-        "ttft_seconds_sum",
-        "ttft_seconds_count",
-    ),
-    "tpw_endpoint_request_latency_seconds": (
-        "End-to-end request latency: sum and count from the engine's histogram.",
-        "e2e_latency_seconds_sum",
-        "e2e_latency_seconds_count",
-    ),
-}
 LABELS = ["endpoint", "engine", "model"]
-# Fields with a label of their own (requests_total: outcome, work_units_total: unit) or read as summaries.
+# Fields with a label of their own (requests_total: outcome, work_units_total: unit) or in a latency
+# histogram (exporter.render.latency).
 _OWN_FAMILY_FIELDS = frozenset(
     {"requests_total", "work_units_total"}
-    | {field for _, sum_field, count_field in SUMMARIES.values() for field in (sum_field, count_field)}
+    | {field for kind in KINDS.values() for field in (kind.sum_field, kind.count_field)}
 )
 # The other fields, one family each: tpw_endpoint_<field without _total>, a counter or a gauge like the field.
 SIMPLE_FIELDS: tuple[EndpointField, ...] = tuple(
@@ -172,16 +162,7 @@ def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
             else:
                 latency.setdefault((endpoint.name, endpoint.engine, value.model), {})[value.field] = checked
     yield from (requests, work, *simple.values())
-    for name, (help_text, sum_field, count_field) in SUMMARIES.items():
-        family = SummaryMetricFamily(name, help_text, labels=LABELS)
-        for series, fields in sorted(latency.items()):
-            if sum_field in fields and count_field in fields:
-                # OpenMetrics requires an integer count. Engines count whole observations, so rounding
-                # only changes a float artefact (453.9999999) or a malformed page's fraction, by less than
-                # one observation, and a non-decreasing count stays non-decreasing.
-                count = round(fields[count_field])
-                family.add_metric(list(series), count_value=count, sum_value=fields[sum_field])
-        yield family
+    yield from latency_families(live, latency)
 
 
 def endpoint_families(snapshot: Snapshot) -> Iterator[Metric]:

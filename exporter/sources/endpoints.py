@@ -276,6 +276,7 @@ class EndpointScraper:
             dropped_total=tuple(sorted(self._dropped.items())),
             resets_total=self._resets,
             process_start_time_seconds=result.process_start_time_seconds,
+            histograms=result.histograms,
         )
 
     def _track_counters(self, values: tuple[EndpointValue, ...]) -> None:

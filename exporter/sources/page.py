@@ -35,8 +35,15 @@ from exporter.engines import (
     generic_profile,
     is_detection_name,
     normalize,
+    normalize_histograms,
 )
-from exporter.model import ENDPOINT_FIELDS_BY_NAME, ENGINE_AUTO, ENGINE_GENERIC, EndpointValue
+from exporter.model import (
+    ENDPOINT_FIELDS_BY_NAME,
+    ENGINE_AUTO,
+    ENGINE_GENERIC,
+    EndpointHistogram,
+    EndpointValue,
+)
 from exporter.promtext import ParseResult, Sample, parse_selected
 
 PROCESS_START = "process_start_time_seconds"
@@ -86,10 +93,12 @@ class PageResult:
     dropped: tuple[tuple[str, int], ...] = ()  # (reason, normalized series left out of this page)
     error_reason: str | None = None
     error: str | None = None
+    histograms: tuple[EndpointHistogram, ...] = ()  # latency histograms with buckets (exporter.histograms)
 
     def to_wire(self) -> tuple[Any, ...]:
         """Plain tuples for the socket (slotted frozen dataclasses do not pickle on Python 3.10)."""
         values = tuple((v.field, v.model, v.value, v.outcome) for v in self.values)
+        histograms = tuple((h.kind, h.model, h.bounds, h.counts, h.count, h.buckets) for h in self.histograms)
         return (
             self.engine,
             self.detected,
@@ -100,11 +109,12 @@ class PageResult:
             self.dropped,
             self.error_reason,
             self.error,
+            histograms,
         )
 
     @classmethod
     def from_wire(cls, wire: tuple[Any, ...]) -> PageResult:
-        engine, detected, values, malformed, first_error, start, dropped, reason, error = wire
+        engine, detected, values, malformed, first_error, start, dropped, reason, error, histograms = wire
         return cls(
             engine,
             detected,
@@ -115,6 +125,7 @@ class PageResult:
             dropped,
             reason,
             error,
+            tuple(EndpointHistogram(*histogram) for histogram in histograms),
         )
 
 
@@ -172,6 +183,7 @@ def interpret(job: PageJob) -> PageResult:
         text = _decode(inflate(job.body, job.content_encoding, job.max_body_bytes))
         profile, parsed = _parse(text, job)
         values = normalize(profile, parsed.samples)
+        histograms, dropped = normalize_histograms(profile, parsed.samples)
         if not values:
             raise PageError("no_metrics", f"no {profile.name} metrics on the page (wrong engine or URL?)")
     except PageError as exc:
@@ -182,7 +194,6 @@ def interpret(job: PageJob) -> PageResult:
             error_reason=exc.reason,
             error=str(exc),
         )
-    dropped: Counter[str] = Counter()
     kept = limit_series(values, model_order(profile, parsed.samples), job, dropped)
     start_times = [s.value for s in parsed.samples if s.name == PROCESS_START]
     valid_starts = [value for value in start_times if 0 < value < math.inf]
@@ -191,6 +202,7 @@ def interpret(job: PageJob) -> PageResult:
         engine=profile.name,
         detected=profile.name if job.engine == ENGINE_AUTO else None,
         values=tuple(kept),
+        histograms=tuple(limit_histograms(histograms, kept, job, dropped)),
         malformed=parsed.malformed,
         first_error=parsed.first_error,
         process_start_time_seconds=max(valid_starts) if valid_starts else None,
@@ -269,6 +281,26 @@ def limit_series(
     kept = [value for value in valid if value.model in keep]
     dropped["too_many_series"] += len(valid) - len(kept)
     return kept
+
+
+def limit_histograms(
+    histograms: Sequence[EndpointHistogram],
+    kept: Sequence[EndpointValue],
+    job: PageJob,
+    dropped: Counter[str],
+) -> list[EndpointHistogram]:
+    """The histograms of the models `limit_series` kept; one of a model name past `max_label_length` is
+    `label_too_long`, one of a model past `max_models` (or without any valid value) `too_many_series`."""
+    models = {value.model for value in kept}
+    result: list[EndpointHistogram] = []
+    for histogram in histograms:
+        if len(histogram.model) > job.max_label_length:
+            dropped["label_too_long"] += 1
+        elif histogram.model not in models:
+            dropped["too_many_series"] += 1
+        else:
+            result.append(histogram)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -187,8 +187,9 @@ def test_malformed_lines_are_skipped_and_counted() -> None:
 
 
 def test_auto_parses_only_the_detected_engines_series_after_detection() -> None:
-    """Detection reads every engine-prefixed line; after it, histogram buckets are skipped unparsed."""
-    bad_bucket = "vllm:time_to_first_token_seconds_bucket{" + MODEL + ',le="0.1} 3\n'
+    """Detection reads every engine-prefixed line; after it, the buckets of histograms the profile does not
+    read (all but the latency ones) are skipped unparsed."""
+    bad_bucket = "vllm:request_prompt_tokens_bucket{" + MODEL + ',le="0.1} 3\n'
     with engine_server(vllm_page(7.0, extra=bad_bucket)) as server:
 
         async def run() -> list[EndpointSample]:

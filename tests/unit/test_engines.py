@@ -46,6 +46,9 @@ EXPECTED: dict[str, tuple[str, Expected]] = {
             ("ttft_seconds_count", LLAMA, None): 454,
             ("e2e_latency_seconds_sum", LLAMA, None): 1873.5,
             ("e2e_latency_seconds_count", LLAMA, None): 454,
+            # V0: vllm:time_per_output_token_seconds, one observation per generated token
+            ("tpot_seconds_sum", LLAMA, None): 2461.3,
+            ("tpot_seconds_count", LLAMA, None): 97757,
         },
     ),
     "vllm_v1.prom": (
@@ -64,6 +67,8 @@ EXPECTED: dict[str, tuple[str, Expected]] = {
             ("ttft_seconds_count", QWEN3, None): 629,
             ("e2e_latency_seconds_sum", QWEN3, None): 1750.5,
             ("e2e_latency_seconds_count", QWEN3, None): 629,
+            ("queue_time_seconds_sum", QWEN3, None): 22.25,  # 12.75 + 9.5
+            ("queue_time_seconds_count", QWEN3, None): 629,
         },
     ),
     "sglang.prom": (
@@ -79,6 +84,8 @@ EXPECTED: dict[str, tuple[str, Expected]] = {
             ("ttft_seconds_count", QWEN25, None): 2100,
             ("e2e_latency_seconds_sum", QWEN25, None): 9800.25,
             ("e2e_latency_seconds_count", QWEN25, None): 2100,
+            ("tpot_seconds_sum", QWEN25, None): 4158.0,  # sglang:inter_token_latency_seconds
+            ("tpot_seconds_count", QWEN25, None): 207900,
         },
     ),
     "tgi.prom": (
@@ -93,6 +100,10 @@ EXPECTED: dict[str, tuple[str, Expected]] = {
             ("requests_waiting", "", None): 4,
             ("e2e_latency_seconds_sum", "", None): 3025.5,
             ("e2e_latency_seconds_count", "", None): 1210,
+            ("tpot_seconds_sum", "", None): 30.8,  # tgi_request_mean_time_per_token_duration
+            ("tpot_seconds_count", "", None): 1210,
+            ("queue_time_seconds_sum", "", None): 95.2,
+            ("queue_time_seconds_count", "", None): 1210,
         },
     ),
     "triton.prom": (
@@ -210,11 +221,13 @@ def test_detect_prefers_the_serving_engine_over_triton() -> None:
     assert detect_engine(["nv_inference_request_success", "vllm:num_requests_running"]) == "vllm"
 
 
-def test_wanted_names_skip_buckets_and_created_series() -> None:
+def test_wanted_names_skip_created_series_and_every_bucket_but_the_latency_histograms() -> None:
     for profile in PROFILES.values():
         names = profile.wanted_names()
         assert names
-        assert not any(name.endswith(("_bucket", "_created")) for name in names)
+        assert not any(name.endswith("_created") for name in names)
+        latency = {f"{source.base}_bucket" for sources in profile.histograms.values() for source in sources}
+        assert {name for name in names if name.endswith("_bucket")} == latency
 
 
 def test_profiles_only_use_known_fields() -> None:

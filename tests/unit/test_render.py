@@ -93,7 +93,7 @@ def test_engine_counts_render_as_integers_and_broken_counter_values_are_left_out
     values = (
         EndpointValue("ttft_seconds_sum", "m", 61.84),
         EndpointValue("ttft_seconds_count", "m", 192.69),  # a fraction from a malformed page: 193
-        EndpointValue("e2e_latency_seconds_sum", "m", math.nan),  # this summary goes, both halves
+        EndpointValue("e2e_latency_seconds_sum", "m", math.nan),  # this histogram goes: no _sum, no _count
         EndpointValue("e2e_latency_seconds_count", "m", 454.0),
         EndpointValue("generation_tokens_total", "m", -3.0),
         EndpointValue("prompt_tokens_total", "m", math.inf),

@@ -59,6 +59,10 @@ def test_counter_fields_are_every_counter_and_windowed_fields_the_work_counters(
         "ttft_seconds_count",
         "e2e_latency_seconds_sum",
         "e2e_latency_seconds_count",
+        "tpot_seconds_sum",
+        "tpot_seconds_count",
+        "queue_time_seconds_sum",
+        "queue_time_seconds_count",
     } == ENDPOINT_COUNTER_FIELDS
     assert set(WINDOWED_COUNTER_FIELDS) == {
         "generation_tokens_total",
