@@ -11,18 +11,29 @@ compute-bound = large batches, memory-bound = small batches, launch-bound = tiny
 host, idle = no traffic; the alert scenarios' keyframes follow Little's law (`_serving`). Between two
 keyframes every number moves linearly, like the GPUs' (`exporter.demo.scenarios.Plan`). In a scenario
 whose engine is down (`endpoint-down`) the page answers 503, so the exporter really fails to scrape it.
+
+Latency histograms, as vLLM v1 publishes them (its bucket bounds, `_bucket`/`_sum`/`_count`): time to
+first token, time per output token per request and per token (`inter_token_latency_seconds`), end to end
+and queue time. Under each workload a latency is log-normal around the workload's mean (TTFT: the prefill
+plus the queue wait of Little's law, TPOT: running ÷ tokens/s, queue: waiting ÷ requests/s), so the
+histograms move with the scenario: TTFT and queue time rise as the queue grows. A bucket's count is the
+exact integral of (requests/s × the share of them ≤ its bound), blended between keyframes like every rate.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from prometheus_client.utils import floatToGoString
 
 from exporter.demo.scenarios import Plan
 
@@ -32,6 +43,10 @@ DEMO_ENDPOINT_NAME = "demo-vllm"
 DEMO_MODEL = "simulated/llama-3.1-8b"
 PROMPT_TOKENS_PER_REQUEST = 512.0
 GENERATED_TOKENS_PER_REQUEST = 256.0
+# The demo endpoint's SLO (exporter/node.py): bounds of vLLM's TTFT and TPOT buckets (attainment exact).
+DEMO_SLO_TTFT_SECONDS = 1.0
+DEMO_SLO_TPOT_SECONDS = 0.05
+MIN_QUEUE_SECONDS = 0.002  # a request with no queue ahead still waits for the scheduler's next step
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,31 @@ class Serving:
     @property
     def kv_usage(self) -> float:
         return self.kv_cache_usage if self.kv_cache_usage is not None else min(self.running / 300.0, 1.0)
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.generation_tokens_per_second / GENERATED_TOKENS_PER_REQUEST
+
+    @property
+    def tpot_seconds(self) -> float:
+        """A request's time per output token: it gets 1/running of the tokens/s (0 while idle)."""
+        tokens = self.generation_tokens_per_second
+        return self.running / tokens if tokens > 0 else 0.0
+
+    @property
+    def queue_seconds(self) -> float:
+        """Mean wait in the queue (Little's law), at least the scheduler's step."""
+        rate = self.requests_per_second
+        return max(self.waiting / rate if rate > 0 else 0.0, MIN_QUEUE_SECONDS)
+
+    def mean(self, kind: str) -> float:
+        """The mean latency of a kind of LATENCIES."""
+        return {
+            "ttft": self.ttft_seconds,
+            "tpot": self.tpot_seconds,
+            "e2e": self.e2e_seconds,
+            "queue": self.queue_seconds,
+        }[kind]
 
 
 def _serving(
@@ -81,6 +121,86 @@ SERVING: dict[str, Serving] = {
 }
 
 
+# vLLM v1's bucket bounds (vllm/v1/metrics/loggers.py).
+VLLM_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+VLLM_TPOT_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+VLLM_REQUEST_LATENCY_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+# Spread of each latency around its mean: σ of its logarithm.
+LATENCY_SIGMA = {"ttft": 0.6, "tpot": 0.3, "e2e": 0.5, "queue": 0.8}
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One histogram of the page: its vLLM name, the latency it observes, its bounds, and whether it
+    observes each request or each generated token."""
+
+    name: str
+    kind: str  # a key of LATENCY_SIGMA
+    buckets: tuple[float, ...]
+    per_token: bool = False
+    help: str = ""
+
+
+LATENCIES: tuple[Latency, ...] = (
+    Latency("vllm:time_to_first_token_seconds", "ttft", VLLM_TTFT_BUCKETS, help="time to first token"),
+    Latency(
+        "vllm:request_time_per_output_token_seconds",
+        "tpot",
+        VLLM_TPOT_BUCKETS,
+        help="time_per_output_token_seconds per request",
+    ),
+    Latency(
+        "vllm:inter_token_latency_seconds",
+        "tpot",
+        VLLM_TPOT_BUCKETS,
+        per_token=True,
+        help="inter-token latency",
+    ),
+    Latency(
+        "vllm:e2e_request_latency_seconds", "e2e", VLLM_REQUEST_LATENCY_BUCKETS, help="e2e request latency"
+    ),
+    Latency(
+        "vllm:request_queue_time_seconds",
+        "queue",
+        VLLM_REQUEST_LATENCY_BUCKETS,
+        help="time spent in WAITING phase for request",
+    ),
+)
+
+
+def lognormal_cdf(mean: float, sigma: float, bound: float) -> float:
+    """P(X ≤ bound) for a log-normal X of this mean and σ of ln X (1 for a mean of 0: nothing to wait)."""
+    if mean <= 0:
+        return 1.0
+    median = mean * math.exp(-sigma * sigma / 2)
+    return 0.5 * math.erfc(-math.log(bound / median) / (sigma * math.sqrt(2)))
+
+
+@functools.cache
+def _shares(workload: str, latency: Latency) -> tuple[float, ...]:
+    """Under a workload, the share of the observations ≤ each bound of the histogram."""
+    serving = SERVING[workload]
+    mean, sigma = serving.mean(latency.kind), LATENCY_SIGMA[latency.kind]
+    return tuple(lognormal_cdf(mean, sigma, bound) for bound in latency.buckets)
+
+
+@dataclass(frozen=True)
+class HistogramState:
+    """One histogram of the page at a moment: whole cumulative counts per bound, the +Inf count, the sum."""
+
+    counts: tuple[int, ...]
+    count: int
+    sum: float
+
+
 @dataclass(frozen=True)
 class EngineState:
     """Counters and gauges of the simulated engine at one moment."""
@@ -109,6 +229,36 @@ class SimulatedEngine:
             self.scenario.integral(gpu, t, lambda workload: value(SERVING[workload]))
             for gpu in range(self.gpus)
         )
+
+    def _class_integral(self, t: float, rate: Callable[[str], float]) -> float:
+        """Σ over the GPUs of ∫₀ᵗ rate(workload): once per class of GPUs that run the same workloads."""
+        first: dict[Hashable, int] = {}
+        classes: Counter[Hashable] = Counter()
+        for gpu in range(self.gpus):
+            key = self.scenario.gpu_class(gpu)
+            first.setdefault(key, gpu)
+            classes[key] += 1
+        return sum(n * self.scenario.integral(first[key], t, rate) for key, n in classes.items())
+
+    def histogram(self, t: float, latency: Latency, total: int) -> HistogramState:
+        """A latency histogram at t: each bound's count is ∫ (requests/s, or tokens/s, × the share ≤ it),
+        floored to whole observations and kept cumulative up to `total`, the +Inf count: the completed
+        requests (or the generated tokens) as the page's counters say."""
+
+        def unit(workload: str) -> float:
+            serving = SERVING[workload]
+            return serving.generation_tokens_per_second if latency.per_token else serving.requests_per_second
+
+        counts: list[int] = []
+        for index in reversed(range(len(latency.buckets))):
+
+            def below(workload: str, index: int = index) -> float:
+                return unit(workload) * _shares(workload, latency)[index]
+
+            exact = self._class_integral(t, below)
+            counts.append(min(math.floor(exact), counts[-1] if counts else total))
+        total_latency = self._class_integral(t, lambda w: unit(w) * SERVING[w].mean(latency.kind))
+        return HistogramState(tuple(reversed(counts)), total, total_latency)
 
     def _now(self, t: float, value: Callable[[Serving], float]) -> float:
         return sum(
@@ -145,7 +295,8 @@ class SimulatedEngine:
         counter non-decreasing). The latency sums stay the exact integrals, so they never go backwards
         either; they include the request in progress, less than one request's latency ahead of the count.
         """
-        s = self.state(self.elapsed())
+        t = self.elapsed()
+        s = self.state(t)
         requests = math.floor(s.requests)
         model = f'model_name="{DEMO_MODEL}"'
         lines = [
@@ -167,16 +318,20 @@ class SimulatedEngine:
             "# HELP vllm:request_success_total Count of successfully processed requests.",
             "# TYPE vllm:request_success_total counter",
             f'vllm:request_success_total{{engine="0",finished_reason="stop",{model}}} {requests}',
-            "# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.",
-            "# TYPE vllm:time_to_first_token_seconds histogram",
-            f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="+Inf",{model}}} {requests}',
-            f'vllm:time_to_first_token_seconds_sum{{engine="0",{model}}} {s.ttft_sum:.4f}',
-            f'vllm:time_to_first_token_seconds_count{{engine="0",{model}}} {requests}',
-            "# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.",
-            "# TYPE vllm:e2e_request_latency_seconds histogram",
-            f'vllm:e2e_request_latency_seconds_bucket{{engine="0",le="+Inf",{model}}} {requests}',
-            f'vllm:e2e_request_latency_seconds_sum{{engine="0",{model}}} {s.e2e_sum:.4f}',
-            f'vllm:e2e_request_latency_seconds_count{{engine="0",{model}}} {requests}',
+        ]
+        for latency in LATENCIES:
+            total = math.floor(s.generation_tokens) if latency.per_token else requests
+            histogram = self.histogram(t, latency, total)
+            lines += [
+                f"# HELP {latency.name} Histogram of {latency.help} in seconds.",
+                f"# TYPE {latency.name} histogram",
+            ]
+            bounds = [*(floatToGoString(bound) for bound in latency.buckets), "+Inf"]
+            for le, count in zip(bounds, (*histogram.counts, total), strict=True):
+                lines.append(f'{latency.name}_bucket{{engine="0",le="{le}",{model}}} {count}')
+            lines.append(f'{latency.name}_sum{{engine="0",{model}}} {histogram.sum:.4f}')
+            lines.append(f'{latency.name}_count{{engine="0",{model}}} {total}')
+        lines += [
             "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.",
             "# TYPE process_start_time_seconds gauge",
             f"process_start_time_seconds {self.start_time:.2f}",

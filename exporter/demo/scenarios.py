@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from exporter.model import GIB, NVLINK_ERROR_TYPES, SCENARIO_NAMES
@@ -509,7 +509,9 @@ def _timeline_blend(timeline: Timeline, u: float) -> Blend:
 
 
 def _timeline_integral(timeline: Timeline, u: float, rate: Callable[[str], float]) -> float:
-    """Exact ∫₀ᵘ of the linearly blended rate, in rate × phases."""
+    """Exact ∫₀ᵘ of the linearly blended rate, in rate × phases. Past the last keyframe of an extrapolated
+    timeline the rate keeps its last slope but never goes below 0 (a falling rate stops at 0: no rate is
+    negative, and a count never goes back)."""
     segments = timeline.segments()
     total = 0.0
     for start, end, a, b in segments:
@@ -525,7 +527,10 @@ def _timeline_integral(timeline: Timeline, u: float, rate: Callable[[str], float
             start, end, a, b = segments[-1]
             first, second = rate(a), rate(b)
             slope = (second - first) / (end - start)
-            total += second * length + slope * length * length / 2
+            if slope < 0 and second + slope * length < 0:  # reaches 0 at -second / slope, then stays there
+                total += second * second / (-2 * slope) if second > 0 else 0.0
+            else:
+                total += second * length + slope * length * length / 2
         else:
             total += rate(last.workload) * length
     return total
@@ -543,6 +548,10 @@ class Plan:
     def integral(self, gpu: int, t: float, rate: Callable[[str], float]) -> float:
         """Exact ∫₀ᵗ rate(what the GPU runs at s) ds, rate blended like every other number."""
         raise NotImplementedError
+
+    def gpu_class(self, gpu: int) -> Hashable:
+        """GPUs of the same class run the same workloads at every moment (their integrals are equal)."""
+        return gpu
 
     def health_at(self, gpu: int, t: float) -> Blend:
         """The GPU's health state (HEALTH names) at t."""
@@ -623,6 +632,10 @@ class Scenario(Plan):
     def engine_up(self, t: float) -> bool:
         return self.spec.engine_up
 
+    def gpu_class(self, gpu: int) -> Hashable:
+        # A cycle's GPU i starts i phases into it; a timeline scenario gives GPU i timelines[i % n].
+        return gpu % len(self.cycle) if self.cycle else gpu % len(self.spec.timelines)
+
     @property
     def healthy(self) -> bool:
         return not self.spec.health
@@ -671,6 +684,9 @@ class Schedule(Plan):
 
     def integral(self, gpu: int, t: float, rate: Callable[[str], float]) -> float:
         return self._accumulate(t, lambda scenario, seconds: scenario.integral(gpu, seconds, rate))
+
+    def gpu_class(self, gpu: int) -> Hashable:
+        return tuple(scenario.gpu_class(gpu) for scenario, _ in self.entries)
 
     def health_at(self, gpu: int, t: float) -> Blend:
         _, index, local = self.locate(t)
