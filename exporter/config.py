@@ -53,6 +53,7 @@ from exporter.model import (
     PROFILING_SOURCES,
     SCENARIO_NAMES,
     Site,
+    Slo,
     Thresholds,
     check_generic_mapping,
 )
@@ -204,6 +205,26 @@ _THRESHOLDS = Thresholds()
 MAX_WINDOW_SECONDS = 86400.0
 
 
+class SloConfig(_Strict):
+    """An endpoint's latency objective: what the goodput and SLO attainment metrics count as good."""
+
+    ttft_seconds: float | None = Field(
+        None, gt=0, le=3600, description="Time to first token at most this many seconds."
+    )
+    tpot_seconds: float | None = Field(
+        None, gt=0, le=60, description="Time per output token at most this many seconds."
+    )
+
+    @model_validator(mode="after")
+    def _check_some(self) -> SloConfig:
+        if self.ttft_seconds is None and self.tpot_seconds is None:
+            raise ValueError("set ttft_seconds, tpot_seconds or both")
+        return self
+
+    def slo(self) -> Slo:
+        return Slo(self.ttft_seconds, self.tpot_seconds)
+
+
 EngineName = Literal[ENDPOINT_ENGINES]  # type: ignore[valid-type]
 WorkUnit = Literal["tokens", "images", "samples", "requests"]
 ENDPOINT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -251,6 +272,11 @@ class EndpointConfig(_Strict):
         "counted.",
     )
     unit: WorkUnit = Field("tokens", description="Unit of work (generic endpoints that do not serve tokens).")
+    slo: SloConfig | None = Field(
+        None,
+        description="Latency objective (ttft_seconds, tpot_seconds): tpw_endpoint_goodput_tokens_per_joule "
+        "and tpw_endpoint_slo_attainment_ratio count the requests within it.",
+    )
     mapping: dict[str, str] | None = Field(
         None, description="For engine `generic`: normalized field → source metric name."
     )

@@ -39,8 +39,11 @@ def build_node(config: Config, command: str) -> Node:
     endpoints = list(config.endpoints)
     stop: list[Callable[[], None]] = []
     if command == "demo":
+        from exporter.config import SloConfig
         from exporter.demo.engine import (
             DEMO_ENDPOINT_NAME,
+            DEMO_SLO_TPOT_SECONDS,
+            DEMO_SLO_TTFT_SECONDS,
             SimulatedEngine,
             SimulatedEngineServer,
         )
@@ -57,7 +60,8 @@ def build_node(config: Config, command: str) -> Node:
         server.start()
         stop.append(server.stop)
         if all(endpoint.name != DEMO_ENDPOINT_NAME for endpoint in endpoints):
-            demo = EndpointConfig(name=DEMO_ENDPOINT_NAME, url=server.url, engine="vllm", gpus="all")
+            slo = SloConfig(ttft_seconds=DEMO_SLO_TTFT_SECONDS, tpot_seconds=DEMO_SLO_TPOT_SECONDS)
+            demo = EndpointConfig(name=DEMO_ENDPOINT_NAME, url=server.url, engine="vllm", gpus="all", slo=slo)
             endpoints.append(demo)
     else:
         from exporter.sources.nvml import DeviceSelectionError, NvmlSource
@@ -105,13 +109,16 @@ def build_profiler(config: Config) -> ExternalProfiler | None:
     )
 
 
-def build_deriver(config: Config) -> Deriver:
-    """The derive stage: aligned-window throughput per watt, roofline bound, cost (`derive`, `site`)."""
+def build_deriver(config: Config, endpoints: Sequence[EndpointConfig] | None = None) -> Deriver:
+    """The derive stage: aligned-window throughput per watt, roofline bound, cost (`derive`, `site`), goodput
+    per joule of the `endpoints` (default: the configured ones) with an `slo`."""
+    endpoints = config.endpoints if endpoints is None else endpoints
     return Deriver(
         window=config.derive.window,
         thresholds=config.derive.bound.thresholds(),
         site=config.site.site(),
         tolerance=config.interval / 2,
+        slos={endpoint.name: endpoint.slo.slo() for endpoint in endpoints if endpoint.slo is not None},
     )
 
 
@@ -138,6 +145,6 @@ def build_daemon(node: Node, config: Config, extra_families: Sequence[MetricSour
         stages=[
             *([kubernetes] if kubernetes is not None else []),
             Attributor(node.endpoints, cluster=kubernetes.attribute if kubernetes is not None else None),
-            build_deriver(config),
+            build_deriver(config, node.endpoints),
         ],
     )

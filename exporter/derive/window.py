@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from exporter.derive.bound import EVIDENCE_RATIOS, bound_evidence, classify_bound, evidence_from
+from exporter.derive.goodput import SLO_KINDS, Share, SloIncrease, attainments, goodput, share, slo_step
 from exporter.model import (
     ENDPOINT_FIELDS_BY_NAME,
     WINDOWED_COUNTER_FIELDS,
@@ -41,6 +42,8 @@ from exporter.model import (
     EndpointSample,
     GpuSample,
     Site,
+    Slo,
+    SloAttainment,
     Snapshot,
     Thresholds,
 )
@@ -111,6 +114,8 @@ class EndpointStep:
     increases: dict[str, float]  # counter field → summed increase (only fields readable at both ends)
     gpus: tuple[int, ...]  # attribution at the end of the step
     shares: tuple[float, ...] = ()  # per GPU: the part of its energy that is this endpoint's (default 1)
+    # per latency its SLO sets (exporter.derive.goodput): observations and those within the threshold
+    slo: Mapping[str, SloIncrease] = dataclasses.field(default_factory=dict)
 
 
 def _energy_time(gpu: GpuSample, fallback: float) -> float:
@@ -142,9 +147,14 @@ def gpu_step(
 
 
 def endpoint_step(
-    previous: EndpointSample, current: EndpointSample, previous_time: float, current_time: float
+    previous: EndpointSample,
+    current: EndpointSample,
+    previous_time: float,
+    current_time: float,
+    slo: Slo | None = None,
 ) -> EndpointStep | None:
-    """The counter increases of an endpoint between two samples, or None if it was down at either end."""
+    """The counter increases of an endpoint between two samples (with `slo`, its latencies within it too),
+    or None if it was down at either end."""
     if not (previous.up and current.up):
         return None
     seconds = current.timestamp - previous.timestamp
@@ -157,7 +167,8 @@ def endpoint_step(
         for name in WINDOWED_COUNTER_FIELDS
         if (increase := field_increase(previous, current, name)) is not None
     }
-    return EndpointStep(seconds, increases, current.gpus, current.gpu_shares)
+    slo_increases = slo_step(previous, current, slo) if slo is not None else {}
+    return EndpointStep(seconds, increases, current.gpus, current.gpu_shares, slo_increases)
 
 
 def main_field_candidates(unit: str) -> tuple[str, ...]:
@@ -209,6 +220,18 @@ class StepSetSlots:
 
 
 @dataclass(frozen=True, slots=True)
+class SloSlots:
+    """One SLO latency over a set of steps: the steps where it was readable, its observations, and those
+    within the threshold (lower bound, upper bound, estimate; `exporter.derive.goodput`)."""
+
+    steps: int
+    total: int
+    lower: int
+    upper: int
+    estimate: int
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointSlots:
     """Where an endpoint's sums sit in its running totals (`size` slots), over three nested sets of steps.
 
@@ -225,6 +248,8 @@ class EndpointSlots:
     utilization: StepSetSlots
     busy: int
     mean_busy: int
+    slo_all: Mapping[str, SloSlots]  # per SLO latency over the `all` steps
+    slo_energy: Mapping[str, SloSlots]  # the same over the `energy` steps
     size: int
 
 
@@ -279,7 +304,14 @@ def _endpoint_slots() -> EndpointSlots:
     energy_joules = new.slot()
     utilization = new.step_set((GENERATION_TOKENS,))
     busy, mean_busy = new.slot(), new.slot()
-    return EndpointSlots(every, energy, energy_joules, utilization, busy, mean_busy, new.size)
+
+    def slo_slots() -> dict[str, SloSlots]:
+        return {kind: SloSlots(*(new.slot() for _ in range(5))) for kind in SLO_KINDS}
+
+    slo_all, slo_energy = slo_slots(), slo_slots()
+    return EndpointSlots(
+        every, energy, energy_joules, utilization, busy, mean_busy, slo_all, slo_energy, new.size
+    )
 
 
 def _gpu_slots() -> GpuSlots:
@@ -345,6 +377,18 @@ def _count(contribution: Contribution, steps: StepSetSlots, increases: Mapping[s
         contribution[slots.increase] = increase
 
 
+def _count_slo(
+    contribution: Contribution, slots: Mapping[str, SloSlots], increases: Mapping[str, SloIncrease]
+) -> None:
+    for kind, increase in increases.items():
+        slot = slots[kind]
+        contribution[slot.steps] = 1.0
+        contribution[slot.total] = increase.total
+        contribution[slot.lower] = increase.lower
+        contribution[slot.upper] = increase.upper
+        contribution[slot.estimate] = increase.estimate
+
+
 def endpoint_contribution(step: EndpointStep, gpu_steps: Sequence[GpuStep | None]) -> Contribution:
     """What one endpoint step adds: its rates, and its energy and utilization when all its GPUs had them.
 
@@ -355,6 +399,7 @@ def endpoint_contribution(step: EndpointStep, gpu_steps: Sequence[GpuStep | None
     slots = ENDPOINT_SLOTS
     contribution: Contribution = {slots.all.steps: 1.0, slots.all.seconds: step.seconds}
     _count(contribution, slots.all, step.increases)
+    _count_slo(contribution, slots.slo_all, step.slo)
     known = [gpu for gpu in gpu_steps if gpu is not None]
     if not step.gpus or len(known) != len(gpu_steps):
         return contribution
@@ -364,6 +409,7 @@ def endpoint_contribution(step: EndpointStep, gpu_steps: Sequence[GpuStep | None
     contribution[slots.energy_joules] = sum(energies)
     contribution[slots.energy.seconds] = sum(gpu.seconds for gpu in known) / len(known)
     _count(contribution, slots.energy, step.increases)
+    _count_slo(contribution, slots.slo_energy, step.slo)
     utilizations = [gpu.utilization_ratio for gpu in known]
     if all(value is not None for value in utilizations):
         busy = sum(value for value in utilizations if value is not None)
@@ -409,8 +455,10 @@ def gpu_contribution(
     return contribution
 
 
-def make_frame(snapshot: Snapshot, previous: Frame | None) -> Frame:
-    """The frame of `snapshot`: its steps from `previous` and the running totals through it."""
+def make_frame(snapshot: Snapshot, previous: Frame | None, slos: Mapping[str, Slo] | None = None) -> Frame:
+    """The frame of `snapshot`: its steps from `previous` and the running totals through it; `slos`: the
+    endpoints' latency objectives, by name."""
+    slos = slos or {}
     gpus = {gpu.info.index: gpu for gpu in snapshot.gpus}
     endpoints = {endpoint.name: endpoint for endpoint in snapshot.endpoints}
     gpu_steps: dict[int, GpuStep] = {}
@@ -425,7 +473,9 @@ def make_frame(snapshot: Snapshot, previous: Frame | None) -> Frame:
         for name, endpoint in endpoints.items():
             before_endpoint = previous.endpoints.get(name)
             if before_endpoint is not None and (
-                step_e := endpoint_step(before_endpoint, endpoint, previous.time, snapshot.monotonic_time)
+                step_e := endpoint_step(
+                    before_endpoint, endpoint, previous.time, snapshot.monotonic_time, slos.get(name)
+                )
             ):
                 endpoint_steps[name] = step_e
 
@@ -517,13 +567,24 @@ def _total(sums: Sums, steps: StepSetSlots, field_name: str | None) -> float | N
     return max(0.0, sums[counter.increase])
 
 
-def derive_endpoint(name: str, first: Mark, last: Frame, site: Site = Site()) -> DerivedEndpoint | None:
+def _slo_share(sums: Sums, slots: SloSlots, steps: float) -> Share | None:
+    """An SLO latency's within-threshold share over a set of `steps` steps, if readable in every one."""
+    if not steps > 0 or sums[slots.steps] != steps:
+        return None
+    return share(sums[slots.total], sums[slots.lower], sums[slots.upper], sums[slots.estimate])
+
+
+def derive_endpoint(
+    name: str, first: Mark, last: Frame, site: Site = Site(), slo: Slo | None = None
+) -> DerivedEndpoint | None:
     """One endpoint over the window: rates, energy over the same steps, efficiency, cost; None if no step.
 
     Rates use every step where the endpoint was up at both ends and its main counter (generated tokens;
     work units, or requests, for other units) was readable. Values per joule use the subset where every
     attributed GPU also has an energy increase, with the counters re-summed over exactly that subset; the
-    utilization-based values use the subset of those where every GPU also reported its utilization.
+    utilization-based values use the subset of those where every GPU also reported its utilization. With
+    an `slo`: its attainment over the first set, goodput per joule over the energy set
+    (`exporter.derive.goodput`).
     """
     unit = last.units[name]
     slots = ENDPOINT_SLOTS
@@ -585,6 +646,17 @@ def derive_endpoint(name: str, first: Mark, last: Frame, site: Site = Site()) ->
                 _total(sums, slots.utilization, GENERATION_TOKENS), sums[slots.busy]
             )
 
+    attained: tuple[SloAttainment, ...] = ()
+    good = None
+    if slo is not None:
+        every = {kind: _slo_share(sums, k, sums[slots.all.steps]) for kind, k in slots.slo_all.items()}
+        aligned = {
+            kind: _slo_share(sums, k, sums[slots.energy.steps]) for kind, k in slots.slo_energy.items()
+        }
+        attained = attainments(every, slo)
+        if is_tokens:
+            good = goodput(_finite(values["tokens_per_joule"]), aligned, slo)
+
     return DerivedEndpoint(
         name=name,
         model=last.models.get(name, ""),
@@ -594,6 +666,9 @@ def derive_endpoint(name: str, first: Mark, last: Frame, site: Site = Site()) ->
         energy_joules=_finite(joules),
         power_watts=_finite(power),
         **{key: _finite(value) for key, value in values.items()},
+        slo_attainment=attained,
+        goodput_tokens_per_joule=good[0] if good is not None else None,
+        goodput_tokens_per_joule_bounds=good[1] if good is not None else None,
     )
 
 
@@ -647,10 +722,19 @@ def derive_gpu(index: int, first: Mark, last: Frame, thresholds: Thresholds = Th
     )
 
 
-def derive(first: Mark, last: Frame, thresholds: Thresholds = Thresholds(), site: Site = Site()) -> Derived:
+def derive(
+    first: Mark,
+    last: Frame,
+    thresholds: Thresholds = Thresholds(),
+    site: Site = Site(),
+    slos: Mapping[str, Slo] | None = None,
+) -> Derived:
     """Everything derived over the window from the tick marked `first` to the `last` frame."""
+    slos = slos or {}
     endpoints = tuple(
-        derived for name in last.units if (derived := derive_endpoint(name, first, last, site)) is not None
+        derived
+        for name in last.units
+        if (derived := derive_endpoint(name, first, last, site, slos.get(name))) is not None
     )
     gpus = tuple(derive_gpu(index, first, last, thresholds) for index, gpu in last.gpus.items() if gpu.up)
     totals = tuple(
@@ -684,12 +768,14 @@ class Deriver:
         thresholds: Thresholds = Thresholds(),
         site: Site = Site(),
         tolerance: float = 0.0,
+        slos: Mapping[str, Slo] | None = None,
     ) -> None:
         if not window > 0:
             raise ValueError(f"window must be > 0 seconds, got {window!r}")
         self.window = window
         self.thresholds = thresholds
         self.site = site
+        self.slos = dict(slos or {})  # endpoint name → its latency objective
         self.tolerance = max(0.0, tolerance)
         self._marks: deque[Mark] = deque()
         self._last: Frame | None = None
@@ -704,7 +790,7 @@ class Deriver:
         if self._last is not None and snapshot.monotonic_time <= self._last.time:
             self._marks.clear()  # time went backwards (a new clock): start a new window
             self._last = None
-        frame = make_frame(snapshot, self._last)
+        frame = make_frame(snapshot, self._last, self.slos)
         self._last = frame
         # Past marks stay at least `spacing` apart; the newest one floats until it is that far from the
         # one before, then settles and the next tick starts a new one.
@@ -716,5 +802,5 @@ class Deriver:
         oldest_allowed = snapshot.monotonic_time - self.window - self.tolerance
         while len(self._marks) > 1 and self._marks[0].time < oldest_allowed:
             self._marks.popleft()
-        derived = derive(self._marks[0], frame, self.thresholds, self.site)
+        derived = derive(self._marks[0], frame, self.thresholds, self.site, self.slos)
         return dataclasses.replace(snapshot, derived=derived)

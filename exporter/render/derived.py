@@ -76,6 +76,14 @@ ENDPOINT_GAUGES: GaugeTable[DerivedEndpoint] = (
         "when batching breaks while utilization stays high.",
         lambda e: e.tokens_per_busy_gpu_second,
     ),
+    (
+        "tpw_endpoint_goodput_tokens_per_joule",
+        "Generated tokens per joule counting only the requests within the endpoint's SLO: tokens per joule × "
+        "the share of requests within each latency of the SLO (estimated from the engine's histograms, "
+        f"inside the bucket holding the threshold; independence assumed) {WINDOW_NOTE}. Absent without an "
+        "SLO or the histograms it needs.",
+        lambda e: e.goodput_tokens_per_joule,
+    ),
 )
 
 WORK_UNIT_GAUGES: GaugeTable[DerivedEndpoint] = (
@@ -167,6 +175,18 @@ def derived_families(snapshot: Snapshot) -> Iterator[Metric]:
         if endpoint.co2_grams_per_million_tokens is not None:
             co2.add_metric([endpoint.name, endpoint.model], endpoint.co2_grams_per_million_tokens)
     yield from (cost, co2)
+
+    attainment = gauge(
+        "tpw_endpoint_slo_attainment_ratio",
+        f"Share of the endpoint's requests within its SLO {WINDOW_NOTE}, from the engine's latency "
+        "histograms (interpolated inside the bucket holding the threshold): slo = ttft, tpot, or both (their "
+        "product, independence assumed). Absent without an SLO, the histogram, or a request in the window.",
+        ["endpoint", "model", "slo"],
+    )
+    for endpoint in endpoints:
+        for attained in endpoint.slo_attainment:
+            attainment.add_metric([endpoint.name, endpoint.model, attained.slo], attained.ratio)
+    yield attainment
 
     energy = CounterMetricFamily(
         "tpw_endpoint_energy_joules",
