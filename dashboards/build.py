@@ -33,13 +33,16 @@ import fleet
 import investigation
 import node_gpu
 from grafana import SCHEMA_VERSION, Board
-from tpw import WHEN_CARBON, WHEN_PRICE
+from tpw import WHEN_CARBON, WHEN_PRICE, WHEN_QUEUE, WHEN_SLO, WHEN_TPOT
 
 __all__ = [
     "BOARDS",
     "SCHEMA_VERSION",
     "WHEN_CARBON",
     "WHEN_PRICE",
+    "WHEN_QUEUE",
+    "WHEN_SLO",
+    "WHEN_TPOT",
     "build_all",
     "conditional_targets",
     "render",

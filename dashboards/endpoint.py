@@ -3,7 +3,7 @@ energy."""
 
 from __future__ import annotations
 
-from grafana import Board, Q, fixed_color, right_axis, stat, table, timeseries
+from grafana import Board, Q, dashed, fixed_color, right_axis, stat, table, timeseries
 from tpw import (
     CLUSTER_VARIABLE,
     ENDPOINT,
@@ -17,6 +17,9 @@ from tpw import (
     UP_DOWN,
     WHEN_CARBON,
     WHEN_PRICE,
+    WHEN_QUEUE,
+    WHEN_SLO,
+    WHEN_TPOT,
     alert_annotation,
     engine_deploy_annotation,
     tpw_board,
@@ -43,6 +46,39 @@ def dashboard() -> Board:
     per_endpoint_tokens = f"sum by (endpoint) (rate(tpw_endpoint_generation_tokens_total{{{em}}}{RATE}))"
     per_endpoint_requests = f"sum by (endpoint) (rate(tpw_endpoint_requests_total{{{em}}}{RATE}))"
     per_endpoint_energy = f"sum by (endpoint) (rate(tpw_endpoint_energy_joules_total{{{em}}}{RATE}))"
+
+    def percentiles(metric: str, conditional: str | None = None) -> list[Q]:
+        """p50, p90 and p99 of a latency histogram per endpoint (over its models), and the mean, as vLLM's
+        own dashboard draws them; the buckets are the exporter's fixed ones, the same for every engine."""
+        buckets = f"sum by (le, endpoint) (rate({metric}_bucket{{{em}}}{RATE}))"
+        mean = (
+            f"sum by (endpoint) (rate({metric}_sum{{{em}}}{RATE}))"
+            f" / sum by (endpoint) (rate({metric}_count{{{em}}}{RATE}))"
+        )
+        return [
+            *(
+                Q(
+                    f"histogram_quantile({q}, {buckets})",
+                    f"{{{{endpoint}}}} p{round(q * 100)}",
+                    conditional=conditional,
+                )
+                for q in (0.5, 0.9, 0.99)
+            ),
+            Q(mean, "{{endpoint}} mean", conditional=conditional),
+        ]
+
+    percentile_colors = [
+        fixed_color(".* p50", "green"),
+        fixed_color(".* p90", "orange"),
+        fixed_color(".* p99", "red"),
+        dashed(".* mean"),
+    ]
+    latency_note = (
+        " Percentiles by histogram_quantile over the exporter's fixed buckets (the engine's counts "
+        "re-bucketed conservatively: never more requests below a bound than the engine counted there), "
+        "so they compare across engines; within a bucket they are interpolated. The mean (dashed) is "
+        "sum ÷ count."
+    )
 
     board.row("Now")
     board.add(
@@ -187,33 +223,73 @@ def dashboard() -> Board:
     )
     board.add(
         timeseries(
-            "Mean time to first token",
-            "Mean TTFT over the rate window (sum/count of the engine's histogram): the prefill and queueing "
-            "delay users feel first.",
-            [
-                Q(
-                    f"{by} (rate(tpw_endpoint_time_to_first_token_seconds_sum{{{em}}}{RATE}))"
-                    f" / {by} (rate(tpw_endpoint_time_to_first_token_seconds_count{{{em}}}{RATE}))",
-                    "{{endpoint}} {{model}}",
-                )
-            ],
+            "Time to first token: p50, p90, p99",
+            "Time from a request's arrival to its first token: the prefill and queueing delay users feel "
+            "first. It rises with the queue." + latency_note,
+            percentiles("tpw_endpoint_time_to_first_token_seconds"),
             "s",
+            fill=0,
+            overrides=percentile_colors,
         ),
         width=8,
         height=8,
     )
     board.add(
         timeseries(
-            "Mean end-to-end latency",
-            "Mean request latency over the rate window, from arrival to the last token.",
+            "Time per output token: p50, p90, p99",
+            "Decode time per generated token (per request where the engine has it: vLLM 0.11+, TGI; else "
+            "per inter-token gap: older vLLM, SGLang). It rises with the batch size." + latency_note,
+            percentiles("tpw_endpoint_time_per_output_token_seconds", WHEN_TPOT),
+            "s",
+            fill=0,
+            overrides=percentile_colors,
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "End-to-end latency: p50, p90, p99",
+            "Request latency from arrival to the last token. An engine that publishes only a duration sum "
+            "and count (Triton) has the mean only." + latency_note,
+            percentiles("tpw_endpoint_request_latency_seconds"),
+            "s",
+            fill=0,
+            overrides=percentile_colors,
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Queue time: p50, p90, p99",
+            "Time requests wait in the engine's queue before they are scheduled. vLLM's buckets start at "
+            "0.3 s: a queue-free endpoint shows its percentiles interpolated below 0.3 s." + latency_note,
+            percentiles("tpw_endpoint_queue_time_seconds", WHEN_QUEUE),
+            "s",
+            fill=0,
+            overrides=percentile_colors,
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "SLO attainment",
+            "Share of the endpoint's requests within its SLO (the endpoint's `slo` setting) over the "
+            "exporter's window (derive.window): ttft and tpot from the engine's histograms, interpolated "
+            "inside the bucket holding the threshold (exact when the threshold is one of the engine's "
+            "bounds); both = their product (independence assumed).",
             [
                 Q(
-                    f"{by} (rate(tpw_endpoint_request_latency_seconds_sum{{{em}}}{RATE}))"
-                    f" / {by} (rate(tpw_endpoint_request_latency_seconds_count{{{em}}}{RATE}))",
-                    "{{endpoint}} {{model}}",
+                    f"tpw_endpoint_slo_attainment_ratio{{{em}}}",
+                    "{{endpoint}} {{slo}}",
+                    conditional=WHEN_SLO,
                 )
             ],
-            "s",
+            "percentunit",
+            max_value=1,
+            fill=0,
         ),
         width=8,
         height=8,
@@ -236,6 +312,30 @@ def dashboard() -> Board:
                 )
             ],
             TOKENS_PER_JOULE,
+        ),
+        width=8,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Goodput per joule: tokens within the SLO",
+            "Generated tokens per joule counting only the requests within the endpoint's SLO (tokens per "
+            "joule × the share within the SLO, over the exporter's window), against all tokens per joule "
+            "(dashed). The gap is energy spent on tokens that came too late.",
+            [
+                Q(
+                    f"tpw_endpoint_goodput_tokens_per_joule{{{em}}}",
+                    "{{endpoint}} goodput per joule",
+                    conditional=WHEN_SLO,
+                ),
+                Q(
+                    f"{per_endpoint_tokens} / ({per_endpoint_energy} > 0)",
+                    "{{endpoint}} all tokens per joule",
+                ),
+            ],
+            TOKENS_PER_JOULE,
+            fill=0,
+            overrides=[dashed(".* all tokens per joule")],
         ),
         width=8,
         height=8,
@@ -265,7 +365,7 @@ def dashboard() -> Board:
             [Q(f"tpw_endpoint_tokens_per_busy_gpu_second{{{em}}}", "{{endpoint}} {{model}}")],
             "suffix: tok/busy GPU·s",
         ),
-        width=8,
+        width=12,
         height=8,
     )
     board.add(
@@ -279,7 +379,7 @@ def dashboard() -> Board:
             "watt",
             overrides=[right_axis(".* GPU utilization", "percentunit")],
         ),
-        width=8,
+        width=12,
         height=8,
     )
     board.add(
@@ -295,7 +395,7 @@ def dashboard() -> Board:
             ],
             "short",
         ),
-        width=8,
+        width=12,
         height=8,
     )
     board.add(
@@ -311,7 +411,7 @@ def dashboard() -> Board:
             ],
             "suffix: g",
         ),
-        width=8,
+        width=12,
         height=8,
     )
 

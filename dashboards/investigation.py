@@ -33,6 +33,9 @@ from tpw import (
     TOKENS_PER_JOULE,
     TOKENS_PER_SECOND,
     WHEN_ALERT,
+    WHEN_QUEUE,
+    WHEN_SLO,
+    WHEN_TPOT,
     alert_annotation,
     bound_state_expr,
     engine_deploy_annotation,
@@ -159,6 +162,58 @@ def dashboard() -> Board:
                 ),
             ],
             TOKENS_PER_SECOND,
+        ),
+        width=12,
+        height=8,
+    )
+
+    def p90(metric: str) -> str:
+        return f"histogram_quantile(0.9, sum by (le, endpoint) (rate({metric}_bucket{{{em}}}{RATE})))"
+
+    board.add(
+        timeseries(
+            "Latency p90: time to first token, queue, per output token",
+            "The 90th percentile of each latency over the exporter's fixed buckets (the same for every "
+            "engine). Queueing shows first in queue time and TTFT while the batch is full; time per output "
+            "token (right axis) grows with the batch. See the Endpoint dashboard for p50 and p99.",
+            [
+                Q(p90("tpw_endpoint_time_to_first_token_seconds"), "{{endpoint}} TTFT"),
+                Q(
+                    p90("tpw_endpoint_queue_time_seconds"),
+                    "{{endpoint}} queue",
+                    conditional=WHEN_QUEUE,
+                ),
+                Q(
+                    p90("tpw_endpoint_time_per_output_token_seconds"),
+                    "{{endpoint}} per output token",
+                    conditional=WHEN_TPOT,
+                ),
+            ],
+            "s",
+            fill=0,
+            overrides=[right_axis(".* per output token", "s")],
+        ),
+        width=12,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "Within the SLO: attainment and goodput",
+            "Share of requests within the endpoint's SLO (left: ttft, tpot, both) and generated tokens "
+            "within it per joule (right), over the exporter's window. Attainment falling while tokens per "
+            "joule holds: the endpoint is being pushed past what its SLO allows.",
+            [
+                Q(f"tpw_endpoint_slo_attainment_ratio{{{em}}}", "{{endpoint}} {{slo}}", conditional=WHEN_SLO),
+                Q(
+                    f"tpw_endpoint_goodput_tokens_per_joule{{{em}}}",
+                    "{{endpoint}} goodput tok/J",
+                    conditional=WHEN_SLO,
+                ),
+            ],
+            "percentunit",
+            max_value=None,
+            fill=0,
+            overrides=[right_axis(".* goodput tok/J", TOKENS_PER_JOULE)],
         ),
         width=12,
         height=8,

@@ -52,9 +52,16 @@ MAY_BE_EMPTY = {"cluster": "the demo's targets carry no cluster label"}
 
 MODELS = checked_in()
 CONDITIONAL = builder().conditional_targets()
-# The demo runs with a site price and carbon intensity, so the queries that need them must return data.
+# The demo runs with a site price and carbon intensity, so the queries that need them must return data; its
+# engine is vLLM-like (time-per-output-token and queue-time histograms) and its endpoint has an SLO.
 SITE = {"TPW_SITE__ELECTRICITY_PRICE_PER_KWH": "0.12", "TPW_SITE__CARBON_INTENSITY_GRAMS_PER_KWH": "380"}
-ESTABLISHED = {builder().WHEN_PRICE, builder().WHEN_CARBON}
+ESTABLISHED = {
+    builder().WHEN_PRICE,
+    builder().WHEN_CARBON,
+    builder().WHEN_SLO,
+    builder().WHEN_TPOT,
+    builder().WHEN_QUEUE,
+}
 
 
 def _cases() -> list[Any]:
@@ -176,6 +183,24 @@ def test_dashboard_query_runs_and_returns_data(stack: Stack, uid: str, kind: str
         if not result and (not reason or reason in ESTABLISHED):
             problems.append(f"{query.ref}: no data from {expr}\n    {_missing(stack, query.expr)}")
     assert not problems, f"{uid} {kind} {key} ({query.title}):\n  " + "\n  ".join(problems)
+
+
+def test_latency_percentiles_are_numbers_on_the_demo(stack: Stack) -> None:
+    """Every histogram_quantile of the dashboards gives finite latencies on the demo (a histogram with only
+    its +Inf bucket, or with buckets out of order, gives NaN, which counts as data above), in the range its
+    scenario's latencies span: 1 ms to 2 minutes."""
+    checked = []
+    for model in MODELS.values():
+        values = stack.resolve_variables(model)
+        for query in queries(model):
+            if "histogram_quantile(" not in query.expr:
+                continue
+            expr, result = stack.run(query, values)
+            numbers = [float(v) for series in result for _, v in series["values"] if v != "NaN"]
+            assert numbers, f"{model['uid']} {query.title} {query.ref}: no number from {expr}"
+            assert all(0.001 <= number <= 120 for number in numbers), (query.title, sorted(numbers)[:5])
+            checked.append(query.title)
+    assert len(set(checked)) >= 5  # the Endpoint dashboard's four latencies and the Investigation p90s
 
 
 def _variable_query(model: dict[str, Any], name: str) -> str:
