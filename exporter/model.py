@@ -90,7 +90,8 @@ NVLINK_ERROR_TYPES: tuple[str, ...] = ("crc_flit", "crc_data", "replay", "recove
 
 # What one endpoint's page may bring in (`EndpointConfig` defaults; docs/metrics.md, "Serving endpoints"):
 # the largest page, compressed or not (the biggest real pages, vLLM serving many models, are about 1 MB);
-# the models kept per endpoint (each has at most ~15 normalized series); the longest model name kept.
+# the models kept per endpoint (each has at most 19 normalized series and 4 latency histograms of at most 20
+# buckets); the longest model name kept.
 DEFAULT_MAX_BODY_BYTES = 4 * MIB
 DEFAULT_MAX_MODELS = 100
 DEFAULT_MAX_LABEL_LENGTH = 256
