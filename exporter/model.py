@@ -310,6 +310,30 @@ class GpuHealth:
     nvlink_errors: tuple[tuple[str, int], ...] = ()  # (NVLINK_ERROR_TYPES entry, count over all links)
 
 
+# MIG (issue 14): a GPU partitions into at most 7 MIG devices (an H100's 7 compute slices).
+MAX_MIG_DEVICES = 7
+
+
+@dataclass(frozen=True, slots=True)
+class MigDevice:
+    """One MIG device (a compute instance inside a GPU instance) of a GPU with MIG on, at one tick.
+
+    Its layout (ids, UUID, profile, size) is enumerated on the health cadence; memory, processes and GPM are
+    read every tick. None: not measured (absent). MIG devices have no energy counter: energy stays the GPU's.
+    """
+
+    gpu_instance: int
+    compute_instance: int
+    uuid: str  # "MIG-…"
+    profile: str = ""  # e.g. "1g.10gb"; "" when NVML names none
+    multiprocessors: int | None = None  # SMs of the slice (NVML device attributes)
+    slices: int | None = None  # GPU-instance compute slices (of the GPU's 7 on an H100)
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    profiling: Profiling | None = None  # GPM of its GPU instance
+    process_ids: tuple[int, ...] = ()  # compute processes NVML lists on this MIG device
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSample:
     """One GPU at one tick. `up` False means the GPU could not be read: only `info` and `error` count."""
@@ -340,6 +364,10 @@ class GpuSample:
     # (XID code or XID_OTHER, events since the exporter started listening); () while not listening
     xid_errors: tuple[tuple[str, int], ...] = ()
     health: GpuHealth | None = None  # the latest health-cadence read
+    mig_enabled: bool | None = None  # NVML's current MIG mode; None: not reported (no MIG on this GPU)
+    mig: tuple[MigDevice, ...] = ()  # the MIG devices while MIG is on, by (gpu_instance, compute_instance)
+    # (pid, device memory bytes) of the compute processes NVML lists, where it reports their memory
+    process_memory: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +433,19 @@ class EndpointSample:
     resets_total: int = 0  # counters seen going backwards (engine restarts) since start
     process_start_time_seconds: float | None = None  # the engine's own process_start_time_seconds
     histograms: tuple[EndpointHistogram, ...] = ()  # latency histograms with buckets, per kind and model
+    mig_devices: tuple[str, ...] = ()  # UUIDs of the MIG devices attributed to this endpoint (of `gpus`)
+    # its processes on each GPU, where they are known (auto attribution, the demo): (gpu, memory bytes, mean
+    # SM utilisation 0..1 or None when NVML gave no per-process sample)
+    gpu_usage: tuple[EndpointGpuUsage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointGpuUsage:
+    """What an endpoint's own processes use of one GPU (NVML's per-process values, summed over them)."""
+
+    gpu: int
+    memory_used_bytes: int | None = None
+    sm_utilization_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

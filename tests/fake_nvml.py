@@ -19,6 +19,15 @@ counters, and XID events delivered through an event set (`nvmlEventSetCreate`, `
 within the timeout). `inject_xid` queues an event for every set the GPU is registered with; a wait blocks in
 real time up to its timeout, or on `event_wait_gate` when a test sets one (a hung driver). An event names its
 GPU by a device pointer, as NVML's do; `nvmlDeviceGetIndex` turns it back into the GPU's index.
+
+MIG (issue 14): a GPU's `mig_mode` (current mode, 0 off as on our H100s; None: NOT_SUPPORTED) and its
+`mig_devices` (`FakeMig`), each in a slot of the 7 `nvmlDeviceGetMigDeviceHandleByIndex` answers
+(NOT_FOUND for an empty slot) with a `FakeMigHandle`; on that handle the memory info, the running processes
+(pynvml's `c_nvmlProcessInfo_v3_t`, turned into its friendly objects as pynvml does), the UUID, name and
+attributes (`c_nvmlDeviceAttributes`) answer for the MIG device. `nvmlGpmMigSampleGet(device, gpuInstanceId,
+sample)` samples a GPU instance's own activity counters (`FakeMig.activity`, integrated like a GPU's), and
+`nvmlGpmMetricsGet` refuses samples of two different instances. `mig_errors` (function name → code) fail
+calls on the GPU's MIG handles only.
 """
 
 from __future__ import annotations
@@ -65,6 +74,33 @@ class Clock:
 
 
 @dataclass
+class FakeMig:
+    """One MIG device (a compute instance of a GPU instance) of a FakeGpu."""
+
+    slot: int  # its index for nvmlDeviceGetMigDeviceHandleByIndex
+    gpu_instance: int
+    compute_instance: int
+    uuid: str
+    profile: str = "1g.10gb"
+    slices: int = 1
+    multiprocessors: int = 16
+    memory_mb: int = 9_984
+    memory_used: int = 2 * 1024**3
+    processes: dict[int, int | None] = field(default_factory=dict)  # pid -> memory (None: not reported)
+    activity: dict[int, float] = field(default_factory=dict)  # GPM percent by metric id, its GPU instance
+    counters: dict[int, float] = field(default_factory=dict)
+    last_integrated: float = 0.0
+
+
+@dataclass(frozen=True)
+class FakeMigHandle:
+    """What nvmlDeviceGetMigDeviceHandleByIndex returns: names the GPU and the MIG device's slot."""
+
+    gpu: int
+    slot: int
+
+
+@dataclass
 class FakeGpu:
     """One GPU's state; tests change its fields between ticks."""
 
@@ -105,6 +141,10 @@ class FakeGpu:
     nvlink_rx_kib: int = 2_000
     xid_events: bool = True  # nvmlDeviceGetSupportedEventTypes includes nvmlEventTypeXidCriticalError
     field_errors: dict[int, int] = field(default_factory=dict)  # field id -> its nvmlReturn in field values
+    process_memory: dict[int, int | None] = field(default_factory=dict)  # pid -> usedGpuMemory (default 0)
+    mig_mode: int | None = 0  # current MIG mode (1 on); None: NOT_SUPPORTED
+    mig_devices: list[FakeMig] = field(default_factory=list)
+    mig_errors: dict[str, int] = field(default_factory=dict)  # function -> code, on MIG handles only
 
 
 class FakeNvml:
@@ -141,14 +181,23 @@ class FakeNvml:
         self._next_sample = 1
         for gpu in gpus:
             gpu.last_integrated = clock()
+            for device in gpu.mig_devices:
+                device.last_integrated = clock()
 
     # -- plumbing ---------------------------------------------------------------------------------------
-    def _enter(self, name: str, handle: int | None = None) -> FakeGpu | None:
+    def _enter(self, name: str, handle: Any = None) -> FakeGpu | None:
         self.calls[name] = self.calls.get(name, 0) + 1
         if handle is None:
             if name in self.errors:
                 raise NVMLError(self.errors[name])
             return None
+        if isinstance(handle, FakeMigHandle):
+            self.calls[f"mig:{name}"] = self.calls.get(f"mig:{name}", 0) + 1
+            gpu = self.gpus[handle.gpu]
+            if name in gpu.mig_errors:
+                raise NVMLError(gpu.mig_errors[name])
+            self._mig(handle)  # a MIG device destroyed since its handle was taken: INVALID_ARGUMENT
+            return gpu
         gpu = self.gpus[handle]
         if gpu.block is not None:
             gpu.block.wait(10)
@@ -156,13 +205,25 @@ class FakeNvml:
             raise NVMLError(gpu.errors[name])
         return gpu
 
+    def _mig(self, handle: FakeMigHandle) -> FakeMig:
+        for device in self.gpus[handle.gpu].mig_devices:
+            if device.slot == handle.slot:
+                return device
+        raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+
+    def set_mig_activity(self, index: int, gpu_instance: int, metric_id: int, percent: float) -> None:
+        """A GPU instance's GPM activity from now on (on its first MIG device)."""
+        device = next(d for d in self.gpus[index].mig_devices if d.gpu_instance == gpu_instance)
+        self._integrate(device)
+        device.activity[metric_id] = percent
+
     def set_activity(self, index: int, metric_id: int, percent: float) -> None:
         """Integrate the old activity up to now, then switch to the new one."""
         gpu = self.gpus[index]
         self._integrate(gpu)
         gpu.activity[metric_id] = percent
 
-    def _integrate(self, gpu: FakeGpu) -> None:
+    def _integrate(self, gpu: FakeGpu | FakeMig) -> None:
         elapsed = self.clock() - gpu.last_integrated
         for metric_id, percent in gpu.activity.items():
             gpu.counters[metric_id] = gpu.counters.get(metric_id, 0.0) + percent * elapsed
@@ -197,11 +258,57 @@ class FakeNvml:
         return index
 
     # -- static information -------------------------------------------------------------------------
-    def nvmlDeviceGetUUID(self, handle: int) -> str:
-        return self._enter("nvmlDeviceGetUUID", handle).uuid
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        gpu = self._enter("nvmlDeviceGetUUID", handle)
+        return self._mig(handle).uuid if isinstance(handle, FakeMigHandle) else gpu.uuid
 
-    def nvmlDeviceGetName(self, handle: int) -> str:
-        return self._enter("nvmlDeviceGetName", handle).name
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        gpu = self._enter("nvmlDeviceGetName", handle)
+        if isinstance(handle, FakeMigHandle):
+            return f"{gpu.name} MIG {self._mig(handle).profile}"
+        return gpu.name
+
+    # -- MIG --------------------------------------------------------------------------------------------
+    def nvmlDeviceGetMigMode(self, handle: int) -> list[int]:
+        gpu = self._enter("nvmlDeviceGetMigMode", handle)
+        if gpu.mig_mode is None:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return [gpu.mig_mode, gpu.mig_mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: int) -> int:
+        gpu = self._enter("nvmlDeviceGetMaxMigDeviceCount", handle)
+        if gpu.mig_mode is None:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: int, index: int) -> FakeMigHandle:
+        gpu = self._enter("nvmlDeviceGetMigDeviceHandleByIndex", handle)
+        if not gpu.mig_mode:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if not any(device.slot == index for device in gpu.mig_devices):
+            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return FakeMigHandle(handle, index)
+
+    def _mig_only(self, name: str, handle: Any) -> FakeMig:
+        self._enter(name, handle)
+        if not isinstance(handle, FakeMigHandle):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return self._mig(handle)
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any) -> int:
+        return self._mig_only("nvmlDeviceGetGpuInstanceId", handle).gpu_instance
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: Any) -> int:
+        return self._mig_only("nvmlDeviceGetComputeInstanceId", handle).compute_instance
+
+    def nvmlDeviceGetAttributes(self, handle: Any) -> Any:
+        device = self._mig_only("nvmlDeviceGetAttributes", handle)
+        attributes = pynvml.c_nvmlDeviceAttributes()
+        attributes.multiprocessorCount = device.multiprocessors
+        attributes.gpuInstanceSliceCount = device.slices
+        attributes.computeInstanceSliceCount = device.slices
+        attributes.memorySizeMB = device.memory_mb
+        return attributes
 
     def nvmlDeviceGetMinorNumber(self, handle: int) -> int:
         self._enter("nvmlDeviceGetMinorNumber", handle)
@@ -391,8 +498,12 @@ class FakeNvml:
         self._enter("nvmlDeviceGetUtilizationRates", handle)
         return SimpleNamespace(gpu=99, memory=33)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any:
         self._enter("nvmlDeviceGetMemoryInfo", handle)
+        if isinstance(handle, FakeMigHandle):
+            device = self._mig(handle)
+            total = device.memory_mb * 1024**2
+            return SimpleNamespace(total=total, used=device.memory_used, free=total - device.memory_used)
         return SimpleNamespace(total=80 * 1024**3, used=20 * 1024**3, free=60 * 1024**3)
 
     def nvmlDeviceGetClockInfo(self, handle: int, clock_type: int) -> int:
@@ -407,9 +518,34 @@ class FakeNvml:
         self._enter("nvmlDeviceGetCurrentClocksEventReasons", handle)
         return pynvml.nvmlClocksEventReasonSwPowerCap
 
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        """pynvml's answer: c_nvmlProcessInfo_v3_t entries as its friendly objects, usedGpuMemory None where
+        NVML reports NVML_VALUE_NOT_AVAILABLE. On a GPU with MIG on, the parent lists every instance's."""
         gpu = self._enter("nvmlDeviceGetComputeRunningProcesses", handle)
-        return [SimpleNamespace(pid=pid, usedGpuMemory=0) for pid in gpu.processes]
+        listed: list[tuple[int, int | None, int, int]] = []  # pid, memory, GPU instance, compute instance
+        devices = [self._mig(handle)] if isinstance(handle, FakeMigHandle) else gpu.mig_devices
+        if not isinstance(handle, FakeMigHandle):
+            listed += [(pid, gpu.process_memory.get(pid, 0), 0xFFFFFFFF, 0xFFFFFFFF) for pid in gpu.processes]
+        for device in devices:
+            listed += [
+                (pid, used, device.gpu_instance, device.compute_instance)
+                for pid, used in device.processes.items()
+            ]
+        entries = (pynvml.c_nvmlProcessInfo_v3_t * max(1, len(listed)))()
+        for slot, (pid, used, gpu_instance, compute_instance) in enumerate(listed):
+            entries[slot].pid = pid
+            entries[slot].usedGpuMemory = (
+                pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value if used is None else used
+            )
+            entries[slot].gpuInstanceId = gpu_instance
+            entries[slot].computeInstanceId = compute_instance
+        found = []
+        for slot in range(len(listed)):
+            process = pynvml.nvmlStructToFriendlyObject(entries[slot])
+            if process.usedGpuMemory == pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value:
+                process.usedGpuMemory = None
+            found.append(process)
+        return found
 
     def nvmlDeviceGetProcessUtilization(self, handle: int, last_seen: int) -> list[Any]:
         """One sample per process with an SM share, stamped now (µs); NOT_FOUND when there is none."""
@@ -444,6 +580,25 @@ class FakeNvml:
         with self._gpm_count_lock:
             self._gpm_active -= 1
 
+    def nvmlGpmMigSampleGet(self, handle: int, gpu_instance: int, sample: Any) -> Any:
+        """As pynvml: (device, gpuInstanceId, gpmSample), returns the sample."""
+        gpu = self._enter("nvmlGpmMigSampleGet", handle)
+        if not gpu.mig_mode or not gpu.gpm_supported:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        device = next((d for d in gpu.mig_devices if d.gpu_instance == gpu_instance), None)
+        if device is None:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._gpm_enter()
+        try:
+            self._integrate(device)
+            self._scratch = dict(device.counters)
+            time.sleep(self.gpm_call_seconds)
+            sample_id = ctypes.cast(sample, ctypes.c_void_p).value
+            self._samples[sample_id] = ((handle, gpu_instance), self.clock(), dict(self._scratch))
+        finally:
+            self._gpm_exit()
+        return sample
+
     def nvmlGpmSampleGet(self, handle: int, sample: Any) -> None:
         gpu = self._enter("nvmlGpmSampleGet", handle)
         self._gpm_enter()
@@ -463,10 +618,10 @@ class FakeNvml:
             assert request.version == NVML_GPM_METRICS_GET_VERSION
             handle1, time1, counters1 = self._samples[ctypes.cast(request.sample1, ctypes.c_void_p).value]
             handle2, time2, counters2 = self._samples[ctypes.cast(request.sample2, ctypes.c_void_p).value]
-            assert handle1 == handle2, "GPM samples from two different GPUs"
+            assert handle1 == handle2, "GPM samples from two different GPUs or GPU instances"
             self._scratch = dict(counters1)  # the older sample is staged in the shared scratch
             time.sleep(self.gpm_call_seconds)
-            gpu = self.gpus[handle2]
+            gpu = self.gpus[handle2[0] if isinstance(handle2, tuple) else handle2]
             for slot in range(request.numMetrics):
                 metric = request.metrics[slot]
                 if metric.metricId in gpu.gpm_metric_errors:

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from types import ModuleType
 from typing import Any
 
 from exporter.model import (
+    MAX_MIG_DEVICES,
     MAX_XID_CODES,
     MIB,
     NVLINK_ERROR_TYPES,
@@ -54,6 +56,7 @@ from exporter.model import (
     GpuHealth,
     GpuInfo,
     GpuSample,
+    MigDevice,
     NodeInfo,
     Profiling,
 )
@@ -113,6 +116,47 @@ NVLINK_ERROR_COUNTERS = {"replay": 0, "recovery": 1, "crc_flit": 2, "crc_data": 
 NVLINK_ERROR_TOTAL_FIELDS = {"replay": 52, "recovery": 59, "crc_flit": 38, "crc_data": 45}
 NVLINK_ERROR_DL_FIELDS = {"replay": 161, "recovery": 162, "crc": 163}  # scopeId ALL_LINKS
 EVENT_XID = 0x8  # nvmlEventTypeXidCriticalError; the event's eventData is the XID code
+MIG_ENABLED = 1  # NVML_DEVICE_MIG_ENABLE: nvmlDeviceGetMigMode's current mode
+# A MIG device's profile in its name ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "… MIG 1c.3g.40gb")
+MIG_PROFILE_IN_NAME = re.compile(r"\b((?:\d+c\.)?\d+g\.\d+gb(?:\+me)?)\b")
+
+
+@dataclasses.dataclass(frozen=True)
+class MigSlot:
+    """A MIG device as enumerated on the health cadence: its handle, and what is fixed while it exists."""
+
+    handle: Any
+    gpu_instance: int
+    compute_instance: int
+    uuid: str
+    profile: str
+    multiprocessors: int | None
+    slices: int | None
+    memory_total_bytes: int | None
+
+
+@dataclasses.dataclass
+class GpmWindow:
+    """Two GPM sample buffers and the previous sample taken (buffer, time); owned by the GPM thread."""
+
+    samples: list[Any]
+    previous: tuple[Any, float] | None = None
+
+
+def mig_profile(name: str, attributes: Any) -> str:
+    """The MIG profile ("1g.10gb"): from the MIG device's name, else its attributes' slices and memory."""
+    found = MIG_PROFILE_IN_NAME.search(name)
+    if found:
+        return found.group(1)
+    if attributes is None or not attributes.gpuInstanceSliceCount:
+        return ""
+    gigabytes = round(int(attributes.memorySizeMB) / 1024)
+    profile = f"{int(attributes.gpuInstanceSliceCount)}g.{gigabytes}gb"
+    if attributes.computeInstanceSliceCount and (
+        attributes.computeInstanceSliceCount != attributes.gpuInstanceSliceCount
+    ):
+        profile = f"{int(attributes.computeInstanceSliceCount)}c.{profile}"
+    return profile
 
 
 class GpuDown(Exception):
@@ -170,11 +214,15 @@ class GpuReader:
         self._nvlink_bytes: tuple[float | None, float | None] = (None, None)  # read with the health
         self._sm_clock_max_mhz: Any = None  # read once: a GPU's maximum clock does not change
         self._nvlink_links: tuple[int, ...] | None = None  # found in the first tick (`_links`)
-        self._gpm_samples: list[Any] = []
-        self._gpm_previous: tuple[Any, float] | None = None
+        self._gpm: GpmWindow | None = None
         self._process_utilization_seen = 0  # NVML timestamp (µs) of the newest per-process sample read
+        # MIG: the mode and the devices, enumerated with the health read; per GPU instance its GPM window
+        # (allocated, used and freed only on the GPM thread)
+        self._mig_enabled: bool | None = None
+        self._mig_slots: tuple[MigSlot, ...] = ()
+        self._mig_gpm: dict[int, GpmWindow] = {}
         if self.info.profiling_supported:
-            self._gpm_samples = [nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()]
+            self._gpm = GpmWindow([nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()])
 
     # -- static information -------------------------------------------------------------------------
     def _read_info(self, index: int, profiling: bool) -> GpuInfo:
@@ -258,9 +306,16 @@ class GpuReader:
         temperature = self._optional("temperature", nvml.nvmlDeviceGetTemperature, handle, TEMPERATURE_GPU)
         reasons = self._clock_event_reasons()
         processes = self._optional("processes", nvml.nvmlDeviceGetComputeRunningProcesses, handle)
-        process_ids = tuple(sorted({int(p.pid) for p in processes})) if processes else ()
+        health = self._health_now()  # NVLink's byte counters and the MIG layout too
+        mig = self._read_mig()
+        memory_by_pid = _process_memory(processes or ())
+        for _, device_processes in mig:
+            for pid, used in _process_memory(device_processes).items():
+                memory_by_pid.setdefault(pid, used)
+        pids = {int(p.pid) for p in processes or ()}
+        pids.update(pid for device, _ in mig for pid in device.process_ids)
+        process_ids = tuple(sorted(pids))
         pcie_generation = pcie_width = None
-        health = self._health_now()  # NVLink's byte counters too (1.2 ms of CPU a read on an H100)
         nvlink_tx, nvlink_rx = self._nvlink_bytes
         if self._health_interval is not None:
             pcie_generation = self._optional("pcie_generation", "nvmlDeviceGetCurrPcieLinkGeneration", handle)
@@ -280,13 +335,102 @@ class GpuReader:
             temperature_celsius=float(temperature) if temperature is not None else None,
             clock_event_reasons=int(reasons) if reasons is not None else None,
             process_ids=process_ids,
-            process_sm_ratios=self._process_sm_ratios() if len(process_ids) > 1 else (),
+            process_memory=tuple(sorted(memory_by_pid.items())),
+            process_sm_ratios=self._process_sm_ratios() if process_ids else (),
             pcie_generation=int(pcie_generation) if pcie_generation is not None else None,
             pcie_width=int(pcie_width) if pcie_width is not None else None,
             nvlink_tx_bytes=nvlink_tx,
             nvlink_rx_bytes=nvlink_rx,
             health=health,
+            mig_enabled=self._mig_enabled,
+            mig=tuple(device for device, _ in mig),
         )
+
+    # -- MIG -------------------------------------------------------------------------------------------------
+    def _enumerate_mig(self) -> None:
+        """The MIG mode, and while it is on the MIG devices (read with the health values: a layout change is
+        seen within one health interval). Each call is optional; an empty slot answers NOT_FOUND."""
+        mode = self._optional("mig_mode", "nvmlDeviceGetMigMode", self.handle)
+        self._mig_enabled = bool(mode[0] == MIG_ENABLED) if mode is not None else None
+        if not self._mig_enabled:
+            self._mig_slots = ()
+            return
+        count = self._optional("mig_device_count", "nvmlDeviceGetMaxMigDeviceCount", self.handle)
+        slots: list[MigSlot] = []
+        for slot in range(min(int(count or 0), MAX_MIG_DEVICES)):
+            ok, handle = self._attempt_quiet(
+                "mig_device", "nvmlDeviceGetMigDeviceHandleByIndex", self.handle, slot
+            )
+            if not ok:
+                continue
+            gpu_instance = self._optional("mig_gpu_instance", "nvmlDeviceGetGpuInstanceId", handle)
+            compute_instance = self._optional(
+                "mig_compute_instance", "nvmlDeviceGetComputeInstanceId", handle
+            )
+            uuid = self._optional("mig_uuid", "nvmlDeviceGetUUID", handle)
+            if gpu_instance is None or compute_instance is None or uuid is None:
+                continue  # without its ids a MIG device cannot be labelled
+            attributes = self._optional("mig_attributes", "nvmlDeviceGetAttributes", handle)
+            name = self._optional("mig_name", "nvmlDeviceGetName", handle)
+            slots.append(
+                MigSlot(
+                    handle=handle,
+                    gpu_instance=int(gpu_instance),
+                    compute_instance=int(compute_instance),
+                    uuid=_text(uuid),
+                    profile=mig_profile(_text(name) if name is not None else "", attributes),
+                    multiprocessors=int(attributes.multiprocessorCount) if attributes is not None else None,
+                    slices=int(attributes.gpuInstanceSliceCount) if attributes is not None else None,
+                    memory_total_bytes=int(attributes.memorySizeMB) * MIB if attributes is not None else None,
+                )
+            )
+        slots.sort(key=lambda s: (s.gpu_instance, s.compute_instance))
+        if [s.uuid for s in slots] != [s.uuid for s in self._mig_slots]:
+            log.info(
+                "gpu %d: MIG devices %s", self.index, [f"{s.profile or s.uuid}" for s in slots] or "none"
+            )
+        self._mig_slots = tuple(slots)
+
+    def _attempt_quiet(self, field: str, function: str, *args: Any) -> tuple[bool, Any]:
+        """`_attempt`, but NOT_FOUND (an empty MIG slot) is an answer, not an error to report."""
+        if field in self._unsupported:
+            return False, None
+        try:
+            return True, getattr(self._nvml, function)(*args)
+        except self._nvml.NVMLError as exc:
+            code = _error_code(exc)
+            if code == NOT_FOUND:
+                return False, None
+            if code in GPU_DOWN_CODES:
+                raise GpuDown(f"{field}: {exc}") from None
+            if code in UNSUPPORTED_CODES:
+                self._unsupported.add(field)
+            self._report_once(field, code, str(exc))
+        except AttributeError:
+            self._unsupported.add(field)
+        return False, None
+
+    def _read_mig(self) -> list[tuple[MigDevice, Any]]:
+        """Each MIG device's memory and compute processes now, with the processes as NVML lists them."""
+        read: list[tuple[MigDevice, Any]] = []
+        for slot in self._mig_slots:
+            memory = self._optional("mig_memory", self._nvml.nvmlDeviceGetMemoryInfo, slot.handle)
+            processes = self._optional(
+                "mig_processes", self._nvml.nvmlDeviceGetComputeRunningProcesses, slot.handle
+            )
+            device = MigDevice(
+                gpu_instance=slot.gpu_instance,
+                compute_instance=slot.compute_instance,
+                uuid=slot.uuid,
+                profile=slot.profile,
+                multiprocessors=slot.multiprocessors,
+                slices=slot.slices,
+                memory_total_bytes=int(memory.total) if memory is not None else slot.memory_total_bytes,
+                memory_used_bytes=int(memory.used) if memory is not None else None,
+                process_ids=tuple(sorted({int(p.pid) for p in processes or ()})),
+            )
+            read.append((device, processes or ()))
+        return read
 
     # -- GPU health ------------------------------------------------------------------------------------------
     def _health_now(self) -> GpuHealth | None:
@@ -329,6 +473,7 @@ class GpuReader:
         replays = self._optional("pcie_replays", "nvmlDeviceGetPcieReplayCounter", handle)
         links_up, nvlink_errors = self._nvlink_health()
         self._nvlink_bytes = self._read_nvlink_bytes()
+        self._enumerate_mig()
 
         def count(value: Any) -> int | None:
             return int(value) if value is not None else None
@@ -501,19 +646,25 @@ class GpuReader:
     def _process_sm_ratios(self) -> tuple[tuple[int, float], ...]:
         """Mean SM utilisation (0..1) of each process since the last call, from NVML's per-process samples.
 
-        Asked only when several processes share the GPU: it is what splits the GPU's energy between the
-        endpoints on it. No samples since the last call (NVML_ERROR_NOT_FOUND) gives an empty tuple.
+        Asked whenever the GPU has compute processes: it splits a shared GPU's energy between the endpoints on
+        it, and gives each endpoint's SM utilisation (`tpw_endpoint_gpu_sm_utilization_ratio`). No samples
+        since the last call (NVML_ERROR_NOT_FOUND) gives an empty tuple.
         """
+        if "process_utilization" in self._unsupported:
+            return ()
         try:
             samples = self._nvml.nvmlDeviceGetProcessUtilization(self.handle, self._process_utilization_seen)
         except self._nvml.NVMLError as exc:
             code = _error_code(exc)
             if code in GPU_DOWN_CODES:
                 raise GpuDown(f"process_utilization: {exc}") from None
+            if code in UNSUPPORTED_CODES:  # e.g. a GPU in MIG mode: not asked again
+                self._unsupported.add("process_utilization")
             if code != NOT_FOUND:
                 self._report_once("process_utilization", code, str(exc))
             return ()
         except AttributeError:
+            self._unsupported.add("process_utilization")
             return ()
         totals: dict[int, list[float]] = {}
         for sample in samples:
@@ -534,26 +685,60 @@ class GpuReader:
 
         Call only from the thread that owns GPM (see the module docstring).
         """
-        if not self.info.profiling_supported or "gpm" in self._unsupported:
+        if not self.info.profiling_supported or "gpm" in self._unsupported or self._gpm is None:
             return None
         try:
-            return self._profiling()
+            return self._gpm_step("gpm", self._gpm, self._nvml.nvmlGpmSampleGet, self.handle)
         except GpuDown:
-            self._gpm_previous = None
+            self._gpm.previous = None
             return None
 
-    def _profiling(self) -> Profiling | None:
+    def read_mig_profiling(self) -> dict[int, Profiling]:
+        """GPM metrics of each GPU instance of the MIG devices (`nvmlGpmMigSampleGet`), by GPU instance id;
+        the same windows and rules as `read_profiling`. Call only from the thread that owns GPM."""
+        if not self.info.profiling_supported:
+            return {}
+        instances = {slot.gpu_instance for slot in self._mig_slots}
+        for gone in set(self._mig_gpm) - instances:  # a GPU instance that was destroyed
+            for sample in self._mig_gpm.pop(gone).samples:
+                self._optional("gpm_free", self._nvml.nvmlGpmSampleFree, sample)
+        found: dict[int, Profiling] = {}
+        for instance in sorted(instances):
+            if "gpm_mig" in self._unsupported:
+                break
+            window = self._mig_gpm.get(instance)
+            try:
+                if window is None:
+                    allocated = [self._optional("gpm_mig_alloc", self._nvml.nvmlGpmSampleAlloc) for _ in "ab"]
+                    if any(sample is None for sample in allocated):
+                        break
+                    window = self._mig_gpm[instance] = GpmWindow(allocated)
+                profile = self._gpm_step("gpm_mig", window, "nvmlGpmMigSampleGet", self.handle, instance)
+            except GpuDown:
+                window = self._mig_gpm.get(instance)
+                if window is not None:
+                    window.previous = None
+                return found
+            if profile is not None:
+                found[instance] = profile
+        return found
+
+    def _gpm_step(
+        self, field: str, window: GpmWindow, sample_get: Callable[..., Any] | str, *args: Any
+    ) -> Profiling | None:
+        """Take a GPM sample into the window's free buffer (`sample_get(*args, buffer)`) and compute the
+        metrics between the previous sample and it."""
         nvml = self._nvml
         current = (
-            self._gpm_samples[0]
-            if self._gpm_previous is None
-            else next(s for s in self._gpm_samples if s is not self._gpm_previous[0])
+            window.samples[0]
+            if window.previous is None
+            else next(s for s in window.samples if s is not window.previous[0])
         )
-        if not self._attempt("gpm", nvml.nvmlGpmSampleGet, self.handle, current)[0]:
-            self._gpm_previous = None
+        if not self._attempt(field, sample_get, *args, current)[0]:
+            window.previous = None
             return None
         now = self._clock()
-        previous, self._gpm_previous = self._gpm_previous, (current, now)
+        previous, window.previous = window.previous, (current, now)
         if previous is None:
             return None
         ids = list(GPM_RATIO_METRICS.values()) + list(GPM_RATE_METRICS.values())
@@ -564,7 +749,7 @@ class GpuReader:
         request.sample2 = current
         for slot, metric_id in enumerate(ids):
             request.metrics[slot].metricId = metric_id
-        if not self._attempt("gpm", nvml.nvmlGpmMetricsGet, request)[0]:
+        if not self._attempt(field, nvml.nvmlGpmMetricsGet, request)[0]:
             return None
         values = {
             request.metrics[slot].metricId: request.metrics[slot].value
@@ -580,9 +765,23 @@ class GpuReader:
         return Profiling(window_seconds=now - previous[1], ratios=ratios, rates=rates)
 
     def close(self) -> None:
-        for sample in self._gpm_samples:
-            self._optional("gpm_free", self._nvml.nvmlGpmSampleFree, sample)
-        self._gpm_samples = []
+        windows = ([self._gpm] if self._gpm is not None else []) + list(self._mig_gpm.values())
+        for window in windows:
+            for sample in window.samples:
+                self._optional("gpm_free", self._nvml.nvmlGpmSampleFree, sample)
+        self._gpm = None
+        self._mig_gpm = {}
+
+
+def _process_memory(processes: Any) -> dict[int, int]:
+    """pid → device memory used, of NVML's process list (a process whose memory NVML does not report: left
+    out; a process listed twice: its largest figure)."""
+    found: dict[int, int] = {}
+    for process in processes:
+        used = getattr(process, "usedGpuMemory", None)
+        if used is not None:
+            found[int(process.pid)] = max(found.get(int(process.pid), 0), int(used))
+    return found
 
 
 class XidWatcher:
@@ -881,9 +1080,10 @@ class NvmlSource(Source):
     # -- one tick --------------------------------------------------------------------------------------
     async def collect(self) -> Collected:
         await self._ensure_initialised()
+        mig_profiles: dict[int, dict[int, Profiling]] = {}
         samples, profiles, outside = await asyncio.gather(
             asyncio.gather(*(self._read(reader) for reader in self._readers)),
-            self._read_profiles(),
+            self._read_profiles(mig_profiles),
             self._read_external(),
         )
         if outside is not None:
@@ -893,7 +1093,10 @@ class NvmlSource(Source):
         xids = self._xids.counts() if self._xids is not None else {}
         merged = tuple(
             dataclasses.replace(
-                sample, profiling=profiles.get(sample.info.index), xid_errors=xids.get(sample.info.index, ())
+                sample,
+                profiling=profiles.get(sample.info.index),
+                xid_errors=xids.get(sample.info.index, ()),
+                mig=_with_profiles(sample.mig, mig_profiles.get(sample.info.index, {})),
             )
             if sample.up
             else sample
@@ -926,8 +1129,9 @@ class NvmlSource(Source):
             log.exception("gpu %d: read failed", index)
             return GpuSample(info=reader.info, up=False, error=f"read failed: {exc}")
 
-    async def _read_profiles(self) -> dict[int, Profiling]:
-        """Every profiled GPU's GPM window, one GPU after another on the GPM thread.
+    async def _read_profiles(self, mig_results: dict[int, dict[int, Profiling]]) -> dict[int, Profiling]:
+        """Every profiled GPU's GPM window, one GPU after another on the GPM thread, and with MIG on its GPU
+        instances' windows (into `mig_results`: GPU index → GPU instance id → window).
 
         What is done within the GPU time limit is used; a GPU the job has not reached by then has no
         profiling metrics this tick. While a job from an earlier tick still runs (a hung GPM call), no new
@@ -945,12 +1149,16 @@ class NvmlSource(Source):
             log.info("GPM: calls return again; profiling metrics resume")
             self._gpm_stalled_logged = False
         results: dict[int, Profiling] = {}
+        mig_found: dict[int, dict[int, Profiling]] = {}
 
         def job() -> None:
             for reader in readers:
                 profile = reader.read_profiling()
                 if profile is not None:
                     results[reader.info.index] = profile
+                instances = reader.read_mig_profiling()
+                if instances:
+                    mig_found[reader.info.index] = instances
 
         self._gpm_in_flight = self._gpm_pool.submit(job)
         try:
@@ -961,6 +1169,7 @@ class NvmlSource(Source):
             pass
         except Exception:  # a bug in the GPM path must not hide the other metrics
             log.exception("GPM: read failed")
+        mig_results.update(dict(mig_found))  # a copy: a job past its time limit may still add to it
         return dict(results)
 
     async def close(self) -> None:
@@ -994,6 +1203,13 @@ class NvmlSource(Source):
             return
         with contextlib.suppress(nvml.NVMLError):
             nvml.nvmlShutdown()
+
+
+def _with_profiles(devices: tuple[MigDevice, ...], profiles: dict[int, Profiling]) -> tuple[MigDevice, ...]:
+    """The MIG devices with their GPU instance's GPM window, where one was read this tick."""
+    if not profiles:
+        return devices
+    return tuple(dataclasses.replace(d, profiling=profiles.get(d.gpu_instance)) for d in devices)
 
 
 def _cuda_version(nvml: ModuleType) -> str:
