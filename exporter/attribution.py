@@ -21,6 +21,20 @@ processes on a GPU.
 A GPU shared by several endpoints has its energy split between them (`EndpointSample.gpu_shares`): by their
 processes' SM utilisation on it (NVML's per-process samples) when every one of them has known processes
 and some of them were busy, else evenly; the shares of a GPU add up to 1.
+
+MIG. `gpus:` may name MIG devices by UUID (`MIG-…`): the endpoint is attributed their parent GPU (energy is
+counted per physical GPU: MIG devices have no energy counter), and `EndpointSample.mig_devices` keeps the
+UUIDs; `auto` finds them from the processes NVML lists on each MIG device. Endpoints on MIG devices of one
+GPU split its energy by the SMs of their MIG devices (`MigDevice.multiprocessors`, else the slice count):
+NVML reports no per-process SM utilisation in MIG mode, a MIG device's SMs and memory are reserved for its
+tenant whether busy or not, and the GPU's idle and memory power (most of an inference GPU's draw) scales
+with what is reserved, not with what is busy this second. So a 3g.40gb and a 1g.10gb tenant pay 60:16 on an
+H100. Slices no endpoint holds are charged to those that do, as a whole GPU's idle time is.
+
+Per endpoint and GPU (`EndpointSample.gpu_usage`), for endpoints whose processes are known (auto
+attribution, or `known_processes`, the demo's engine): the device memory of its processes (NVML's
+`usedGpuMemory`) and their summed SM utilisation (NVML's per-process samples; absent while the GPU has
+none). Never for other processes on the node.
 """
 
 from __future__ import annotations
@@ -30,14 +44,14 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import psutil
 
 from exporter.config import EndpointConfig
-from exporter.model import ATTRIBUTION_PENDING, EndpointSample, GpuSample, Snapshot
+from exporter.model import ATTRIBUTION_PENDING, EndpointGpuUsage, EndpointSample, GpuSample, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +146,10 @@ class Attributor:
         retry_max_seconds: float = 8.0,
         pending_grace_seconds: float = 10.0,
         cluster: ClusterAttributor | None = None,
+        known_processes: Mapping[str, set[int]] | None = None,
     ) -> None:
         self._configs = {endpoint.name: endpoint for endpoint in endpoints}
+        self._known = dict(known_processes or {})
         self._cluster = cluster
         self._refresh = refresh_seconds
         self._find_pids = find_pids
@@ -148,11 +164,19 @@ class Attributor:
         if not snapshot.endpoints:
             return snapshot
         attributed = [self._attribute(endpoint, snapshot.gpus) for endpoint in snapshot.endpoints]
-        endpoints = share_gpus(attributed, snapshot.gpus, self._known_pids())
+        pids = self._known_pids()
+        attributed = [
+            with_mig_devices(endpoint, snapshot.gpus, pids.get(endpoint.name)) for endpoint in attributed
+        ]
+        endpoints = share_gpus(attributed, snapshot.gpus, pids)
+        endpoints = tuple(
+            gpu_usage(endpoint, snapshot.gpus, pids.get(endpoint.name)) for endpoint in endpoints
+        )
         return dataclasses.replace(snapshot, endpoints=endpoints)
 
     def _known_pids(self) -> dict[str, set[int]]:
-        return {name: state.pids for name, state in self._auto.items() if state.pids is not None}
+        found = {name: state.pids for name, state in self._auto.items() if state.pids is not None}
+        return {**self._known, **found}
 
     def _attribute(self, endpoint: EndpointSample, gpus: tuple[GpuSample, ...]) -> EndpointSample:
         config = self._configs.get(endpoint.name)
@@ -168,12 +192,16 @@ class Attributor:
         else:
             indices, method, note = self._configured(wanted, gpus)
         self._log_note(endpoint.name, note)
-        return dataclasses.replace(endpoint, gpus=indices, attribution=method, attribution_note=note)
+        mig = _configured_mig(wanted, gpus) if isinstance(wanted, list) else ()
+        return dataclasses.replace(
+            endpoint, gpus=indices, attribution=method, attribution_note=note, mig_devices=mig
+        )
 
     def _configured(
         self, wanted: Iterable[int | str], gpus: tuple[GpuSample, ...]
     ) -> tuple[tuple[int, ...], str, str | None]:
         by_uuid = {gpu.info.uuid: gpu.info.index for gpu in gpus}
+        by_uuid.update({device.uuid: gpu.info.index for gpu in gpus for device in gpu.mig})
         present = {gpu.info.index for gpu in gpus}
         indices: set[int] = set()
         unknown: list[str] = []
@@ -280,26 +308,89 @@ class Attributor:
         self._notes[name] = note
 
 
+def _configured_mig(wanted: Iterable[int | str], gpus: tuple[GpuSample, ...]) -> tuple[str, ...]:
+    """The MIG device UUIDs among the configured `gpus:` that this node has now."""
+    present = {device.uuid for gpu in gpus for device in gpu.mig}
+    return tuple(item for item in wanted if isinstance(item, str) and item in present)
+
+
+def with_mig_devices(
+    endpoint: EndpointSample, gpus: Sequence[GpuSample], pids: set[int] | None
+) -> EndpointSample:
+    """The endpoint's MIG devices: those configured, and on its GPUs those running its known processes."""
+    if not pids:
+        return endpoint
+    found = list(endpoint.mig_devices)
+    for gpu in gpus:
+        if gpu.info.index in endpoint.gpus:
+            found += [d.uuid for d in gpu.mig if d.uuid not in found and pids.intersection(d.process_ids)]
+    return (
+        dataclasses.replace(endpoint, mig_devices=tuple(found))
+        if len(found) > len(endpoint.mig_devices)
+        else endpoint
+    )
+
+
+def _mig_weight(endpoint: EndpointSample, gpu: GpuSample | None) -> float | None:
+    """The compute the endpoint's MIG devices on this GPU hold (SMs, else slices); None when it holds none."""
+    if gpu is None:
+        return None
+    held = [d for d in gpu.mig if d.uuid in endpoint.mig_devices]
+    if not held:
+        return None
+    return float(sum(d.multiprocessors or d.slices or 1 for d in held))
+
+
+def gpu_usage(endpoint: EndpointSample, gpus: Sequence[GpuSample], pids: set[int] | None) -> EndpointSample:
+    """The endpoint's processes' memory and SM utilisation on each of its GPUs, where its processes are
+    known and on that GPU."""
+    if not pids:
+        return endpoint
+    usage = []
+    by_index = {gpu.info.index: gpu for gpu in gpus}
+    for index in endpoint.gpus:
+        gpu = by_index.get(index)
+        if gpu is None or not gpu.up or not pids.intersection(gpu.process_ids):
+            continue
+        memory = [used for pid, used in gpu.process_memory if pid in pids]
+        busy = [ratio for pid, ratio in gpu.process_sm_ratios if pid in pids]
+        usage.append(
+            EndpointGpuUsage(
+                gpu=index,
+                memory_used_bytes=sum(memory) if memory else None,
+                sm_utilization_ratio=min(sum(busy), 1.0) if gpu.process_sm_ratios else None,
+            )
+        )
+    return dataclasses.replace(endpoint, gpu_usage=tuple(usage))
+
+
 def share_gpus(
     endpoints: Sequence[EndpointSample], gpus: Sequence[GpuSample], pids: dict[str, set[int]]
 ) -> tuple[EndpointSample, ...]:
     """Fill each endpoint's `gpu_shares`: the part of each of its GPUs' energy that is its own.
 
-    A GPU with one endpoint is wholly that endpoint's. Several endpoints on one GPU split it by the SM
-    utilisation of their processes there when all of them have known processes (auto attribution) and the
-    GPU reported per-process samples with some activity; otherwise evenly.
+    A GPU with one endpoint is wholly that endpoint's. Several endpoints on MIG devices of one GPU split it
+    by the SMs of their MIG devices (see the module docstring). Otherwise several endpoints on one GPU split
+    it by the SM utilisation of their processes there when all of them have known processes (auto
+    attribution) and the GPU reported per-process samples with some activity; otherwise evenly.
     """
     owners: dict[int, list[str]] = {}
     for endpoint in endpoints:
         for index in endpoint.gpus:
             owners.setdefault(index, []).append(endpoint.name)
     by_index = {gpu.info.index: gpu for gpu in gpus}
+    by_name = {endpoint.name: endpoint for endpoint in endpoints}
     shares: dict[tuple[str, int], float] = {}
     for index, names in owners.items():
         if len(names) == 1:
             shares[(names[0], index)] = 1.0
             continue
         gpu = by_index.get(index)
+        held = {name: _mig_weight(by_name[name], gpu) for name in names}
+        if all(weight is not None for weight in held.values()):  # MIG tenants: by the SMs they hold
+            total_held = sum(weight or 0.0 for weight in held.values())
+            shares.update({(name, index): (held[name] or 0.0) / total_held for name in names})
+            continue
         busy = dict(gpu.process_sm_ratios) if gpu is not None else {}
         activity = {
             name: sum(busy.get(pid, 0.0) for pid in pids[name]) if name in pids else None for name in names

@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="change scenario while running, e.g. busy-flat:120,healthy:60 (repeats from the start; "
         "overrides --scenario; env TPW_SIMULATION__SCHEDULE)",
     )
+    demo.add_argument(
+        "--mig",
+        action="store_true",
+        default=None,
+        help="simulate MIG on every GPU (3g.40gb + 2g.20gb + 2 × 1g.10gb; env TPW_SIMULATION__MIG)",
+    )
 
     from exporter.diagnose.command import add_parser as add_diagnose_parser
 
@@ -277,6 +283,8 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if getattr(args, "scenario_schedule", None) is not None:
         simulation["schedule"] = args.scenario_schedule  # parsed and validated by SimulationConfig
+    if getattr(args, "mig", None):
+        simulation["mig"] = True
     if simulation:
         overrides["simulation"] = simulation
     return overrides

@@ -194,6 +194,11 @@ class SimulationConfig(_Strict):
         description="Scenarios in turn, each for its seconds, repeating (overrides `scenario`); also "
         "written `busy-flat:60,healthy:60`.",
     )
+    mig: bool = Field(
+        False,
+        description="Simulate MIG on every GPU: 3g.40gb + 2g.20gb + two 1g.10gb devices, the engine on the "
+        "3g.40gb.",
+    )
 
     @field_validator("schedule", mode="before")
     @classmethod

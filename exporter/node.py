@@ -32,12 +32,15 @@ class Node:
     endpoints: list[EndpointConfig]
     stop: list[Callable[[], None]] = field(default_factory=list)
     kubernetes: KubernetesStage | None = None  # pod attribution on Kubernetes, when enabled
+    # endpoint → the PIDs of its processes where known without a lookup: the demo's simulated engine
+    endpoint_processes: dict[str, set[int]] = field(default_factory=dict)
 
 
 def build_node(config: Config, command: str) -> Node:
     """GPU source (NVML, or the simulated node for `demo` plus its simulated engine) and endpoints."""
     endpoints = list(config.endpoints)
     stop: list[Callable[[], None]] = []
+    processes: dict[str, set[int]] = {}
     if command == "demo":
         from exporter.config import SloConfig
         from exporter.demo.engine import (
@@ -52,8 +55,13 @@ def build_node(config: Config, command: str) -> Node:
         simulation = config.simulation
         schedule = [(entry.scenario, entry.seconds) for entry in simulation.schedule or ()]
         simulated = SimulatedSource(
-            simulation.gpus, simulation.scenario, simulation.phase_seconds, schedule=schedule or None
+            simulation.gpus,
+            simulation.scenario,
+            simulation.phase_seconds,
+            schedule=schedule or None,
+            mig=simulation.mig,
         )
+        processes[DEMO_ENDPOINT_NAME] = set(simulated.engine_process_ids())
         gpu_source: Source = simulated
         engine = SimulatedEngine(simulated.scenario, simulation.gpus, simulated.elapsed, time.time())
         server = SimulatedEngineServer(engine)
@@ -92,7 +100,7 @@ def build_node(config: Config, command: str) -> Node:
         kubernetes = build_kubernetes(config.kubernetes, endpoints)
         if kubernetes is not None:
             stop.append(kubernetes.stop)
-    return Node(sources, endpoints, stop, kubernetes)
+    return Node(sources, endpoints, stop, kubernetes, processes)
 
 
 def build_profiler(config: Config) -> ExternalProfiler | None:
@@ -144,7 +152,11 @@ def build_daemon(node: Node, config: Config, extra_families: Sequence[MetricSour
         config.interval,
         stages=[
             *([kubernetes] if kubernetes is not None else []),
-            Attributor(node.endpoints, cluster=kubernetes.attribute if kubernetes is not None else None),
+            Attributor(
+                node.endpoints,
+                cluster=kubernetes.attribute if kubernetes is not None else None,
+                known_processes=node.endpoint_processes,
+            ),
             build_deriver(config, node.endpoints),
         ],
     )

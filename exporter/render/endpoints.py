@@ -103,6 +103,18 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
         "meanwhile), else 0.",
         labels=["endpoint"],
     )
+    gpu_memory = gauge(
+        "tpw_endpoint_gpu_memory_used_bytes",
+        "Device memory the endpoint's own processes hold on the GPU (NVML's per-process usedGpuMemory, "
+        "summed); only where its processes are known (gpus: auto).",
+        labels=["endpoint", "gpu"],
+    )
+    gpu_sm = gauge(
+        "tpw_endpoint_gpu_sm_utilization_ratio",
+        "SM utilisation of the endpoint's own processes on the GPU (NVML's per-process samples since the "
+        "last tick, summed, 0..1); absent where NVML has no per-process sample (idle, MIG mode).",
+        labels=["endpoint", "gpu"],
+    )
     start = gauge(
         "tpw_endpoint_process_start_time_seconds",
         "The engine's own process_start_time_seconds: a change marks a restart or a deploy.",
@@ -124,7 +136,13 @@ def _health_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:
         pending.add_metric([endpoint.name], 1.0 if endpoint.attribution == ATTRIBUTION_PENDING else 0.0)
         if endpoint.process_start_time_seconds is not None:
             start.add_metric([endpoint.name], endpoint.process_start_time_seconds)
+        for usage in endpoint.gpu_usage:
+            if usage.memory_used_bytes is not None:
+                gpu_memory.add_metric([endpoint.name, str(usage.gpu)], float(usage.memory_used_bytes))
+            if usage.sm_utilization_ratio is not None:
+                gpu_sm.add_metric([endpoint.name, str(usage.gpu)], usage.sm_utilization_ratio)
     yield from (up, duration, info, errors, dropped, resets, attribution, share, pending, start)
+    yield from (gpu_memory, gpu_sm)
 
 
 def _value_families(endpoints: tuple[EndpointSample, ...]) -> Iterator[Metric]:

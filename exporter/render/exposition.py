@@ -18,9 +18,11 @@ from exporter.model import (
     CLOCK_EVENT_REASONS,
     MAX_XID_CODES,
     PROFILING_RATES,
+    PROFILING_RATIOS,
     XID_OTHER,
     GpuHealth,
     GpuSample,
+    MigDevice,
     Profiling,
     Snapshot,
 )
@@ -141,6 +143,7 @@ def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
 
     yield from _health_families(live)
     yield from _profiling_families(live)
+    yield from _mig_families(live)
 
 
 def _health(getter: Callable[[GpuHealth], float | bool | None]) -> Callable[[GpuSample], float | None]:
@@ -330,6 +333,78 @@ def _profiling_families(gpus: list[GpuSample]) -> Iterator[Metric]:
         source.add_metric([label], {"source": profiling.source, "scope": scope})
     yield source
     yield from table_families(PROFILING_GAUGES, ["gpu"], rows)
+
+
+MIG_LABELS = ["gpu", "gpu_instance", "compute_instance", "mig_profile"]
+
+
+def _mig_ratio(key: str) -> Callable[[MigDevice], float | None]:
+    return lambda device: device.profiling.ratios.get(key) if device.profiling is not None else None
+
+
+# One gauge per MIG device (labels MIG_LABELS); GPM values are its GPU instance's.
+MIG_GAUGES: GaugeTable[MigDevice] = (
+    (
+        "tpw_mig_memory_used_bytes",
+        "MIG device memory in use (NVML memory info of the MIG device).",
+        lambda d: d.memory_used_bytes,
+    ),
+    (
+        "tpw_mig_memory_total_bytes",
+        "MIG device memory, its slice of the GPU's.",
+        lambda d: d.memory_total_bytes,
+    ),
+    (
+        "tpw_mig_multiprocessors",
+        "SMs of the MIG device (NVML device attributes): its share of the GPU's compute.",
+        lambda d: d.multiprocessors,
+    ),
+    (
+        "tpw_mig_profiling_window_seconds",
+        "Length of the window of the MIG device's GPM metrics (between two GPM samples of its GPU instance).",
+        lambda d: d.profiling.window_seconds if d.profiling is not None else None,
+    ),
+    *(
+        (
+            f"tpw_mig_{key}_ratio",
+            PROFILING_HELP[key].replace("Profiling:", "MIG GPU instance profiling:"),
+            _mig_ratio(key),
+        )
+        for key in PROFILING_RATIOS
+    ),
+)
+
+
+def _mig_families(gpus: list[GpuSample]) -> Iterator[Metric]:
+    """MIG mode per GPU, and per MIG device its identity, memory and GPM ratios (absent without MIG)."""
+    mode = gauge(
+        "tpw_gpu_mig_mode",
+        "1 while MIG is on for the GPU, 0 while off; absent where NVML has no MIG.",
+        ["gpu"],
+    )
+    info = InfoMetricFamily(
+        "tpw_mig",
+        'A MIG device of the GPU: uuid (MIG-…, as `gpus:` and the kubelet name it); simulated="true" on the '
+        "demo node. Join on gpu, gpu_instance, compute_instance.",
+        labels=MIG_LABELS,
+    )
+    rows = []
+    for gpu in gpus:
+        if gpu.mig_enabled is not None:
+            mode.add_metric([str(gpu.info.index)], 1.0 if gpu.mig_enabled else 0.0)
+        for device in gpu.mig:
+            labels = (
+                str(gpu.info.index),
+                str(device.gpu_instance),
+                str(device.compute_instance),
+                device.profile,
+            )
+            info.add_metric(
+                list(labels), {"uuid": device.uuid, "simulated": "true" if gpu.info.simulated else "false"}
+            )
+            rows.append((labels, device))
+    yield from (mode, info)
+    yield from table_families(MIG_GAUGES, MIG_LABELS, rows)
 
 
 def _exporter_families(snapshot: Snapshot) -> Iterator[Metric]:

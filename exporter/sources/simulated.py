@@ -8,6 +8,12 @@ start with `GPU-simulated-`, `tpw_gpu_info` carries `simulated="true"` and the n
 Each simulated GPU also has a health (`exporter.demo.scenarios.Health`): like an H100 it reports ECC
 counts, remapped rows (no retired pages: an H100 remaps rows instead), its PCIe link and NVLink, and listens
 for XID events, every actionable code from 0; the GPU-health scenarios change them.
+
+The simulated engine has one process per GPU (`engine_process_ids`, PIDs above Linux's PID_MAX_LIMIT, so
+never a real process) holding the GPU's memory but a 512 MiB context reserve, busy as the GPU's SMs. With
+`mig` every GPU reports MIG on and four MIG devices (`MIG_LAYOUT`: 3g.40gb, 2g.20gb and two 1g.10gb, UUIDs
+`MIG-simulated-…`); the engine runs on the 3g.40gb and, as NVML does in MIG mode, no per-process SM
+utilisation is reported.
 """
 
 from __future__ import annotations
@@ -37,18 +43,32 @@ from exporter.demo.scenarios import (
     wobble,
 )
 from exporter.model import (
+    MIB,
     NVLINK_ERROR_TYPES,
     PROFILING_RATIOS,
     XID_ACTIONABLE,
     GpuHealth,
     GpuInfo,
     GpuSample,
+    MigDevice,
     NodeInfo,
     Profiling,
 )
 from exporter.sources.base import Collected, Source
 
 log = logging.getLogger(__name__)
+
+# Linux's PID_MAX_LIMIT is 2**22: the simulated engine's PIDs lie above it and can be no real process.
+SIMULATED_ENGINE_PID = 2**22 + 1
+ENGINE_CONTEXT_BYTES = 512 * MIB  # what the GPU's memory holds beside the engine process's (driver, context)
+# (gpu_instance, compute_instance, profile, slices, SMs, memory MiB, activity as a fraction of the GPU's
+# workload's, memory used when idle): the engine on the 3g.40gb, a small busy tenant, an idle and a light one
+MIG_LAYOUT: tuple[tuple[int, int, str, int, int, int, float, int], ...] = (
+    (1, 0, "3g.40gb", 3, 60, 40_192, 1.0, 0),
+    (5, 0, "2g.20gb", 2, 32, 20_096, 0.5, 6 * 1024 * MIB),
+    (13, 0, "1g.10gb", 1, 16, 9_856, 0.0, 0),
+    (14, 0, "1g.10gb", 1, 16, 9_856, 0.3, 2 * 1024 * MIB),
+)
 
 
 def simulated_gpu_info(index: int) -> GpuInfo:
@@ -78,7 +98,9 @@ class SimulatedSource(Source):
         phase_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         schedule: Sequence[tuple[str, float]] | None = None,
+        mig: bool = False,
     ) -> None:
+        self.mig = mig
         self.scenario: Plan = (
             Schedule(schedule, phase_seconds) if schedule else Scenario(scenario, phase_seconds)
         )
@@ -87,6 +109,45 @@ class SimulatedSource(Source):
         self._infos = tuple(simulated_gpu_info(i) for i in range(gpus))
         self._previous_time: float | None = None
         self._node = NodeInfo(driver_version="simulated", simulated_scenario=self.scenario.name_at(0.0))
+
+    def engine_process_ids(self) -> tuple[int, ...]:
+        """The simulated engine's processes, one per GPU."""
+        return tuple(SIMULATED_ENGINE_PID + gpu for gpu in range(len(self._infos)))
+
+    def _mig_devices(
+        self, gpu: int, engine_bytes: int, ratios: dict[str, float] | None, window: float | None
+    ) -> tuple[MigDevice, ...]:
+        devices = []
+        for (
+            gpu_instance,
+            compute_instance,
+            profile,
+            slices,
+            sms,
+            memory_mb,
+            activity,
+            idle_bytes,
+        ) in MIG_LAYOUT:
+            total = memory_mb * MIB
+            engine = activity == 1.0
+            profiling = None
+            if ratios is not None and window is not None:
+                profiling = Profiling(window, {key: value * activity for key, value in ratios.items()})
+            devices.append(
+                MigDevice(
+                    gpu_instance=gpu_instance,
+                    compute_instance=compute_instance,
+                    uuid=f"MIG-simulated-{gpu:04d}-{gpu_instance:02d}-{compute_instance}",
+                    profile=profile,
+                    multiprocessors=sms,
+                    slices=slices,
+                    memory_total_bytes=total,
+                    memory_used_bytes=min(engine_bytes, total) if engine else idle_bytes,
+                    profiling=profiling,
+                    process_ids=(SIMULATED_ENGINE_PID + gpu,) if engine else (),
+                )
+            )
+        return tuple(devices)
 
     def elapsed(self) -> float:
         return self._clock() - self._start
@@ -106,13 +167,22 @@ class SimulatedSource(Source):
             return min(max(number(field) * jitter, 0.0), 1.0)
 
         profiling = None
+        ratios = None
         if window is not None:
             ratios = {key: ratio(key) for key in PROFILING_RATIOS}
             pcie = number("pcie_bytes_per_second")
             rates = {"pcie_rx_bytes_per_second": pcie, "pcie_tx_bytes_per_second": pcie / 2}
             profiling = Profiling(window_seconds=window, ratios=ratios, rates=rates)
         memory_used = start.memory_used_bytes if blend.weight == 0.0 else round(number("memory_used_bytes"))
+        memory_used = min(memory_used, H100_MEMORY_BYTES)
         link = HEALTH[self.scenario.health_at(gpu, t).end]
+        pid = SIMULATED_ENGINE_PID + gpu
+        mig: tuple[MigDevice, ...] = ()
+        engine_bytes = max(memory_used - ENGINE_CONTEXT_BYTES, 0)
+        if self.mig:  # the engine's share of the workload's memory fits its 3g.40gb
+            mig = self._mig_devices(gpu, max(memory_used // 2 - ENGINE_CONTEXT_BYTES, 0), ratios, window)
+            engine_bytes = mig[0].memory_used_bytes or 0
+            memory_used = sum(device.memory_used_bytes or 0 for device in mig) + ENGINE_CONTEXT_BYTES
         return GpuSample(
             info=self._infos[gpu],
             timestamp=self._start + t,
@@ -122,7 +192,7 @@ class SimulatedSource(Source):
             energy_timestamp=self._start + t,
             utilization_ratio=ratio("utilization"),
             memory_utilization_ratio=ratio("memory_utilization"),
-            memory_used_bytes=min(memory_used, H100_MEMORY_BYTES),
+            memory_used_bytes=memory_used,
             sm_clock_hertz=number("sm_clock_mhz") * 1e6,
             memory_clock_hertz=2619e6,
             temperature_celsius=number("temperature_celsius"),
@@ -134,6 +204,11 @@ class SimulatedSource(Source):
             nvlink_rx_bytes=0.0,
             xid_errors=self._xids(gpu, t),
             health=self.health(gpu, t),
+            process_ids=(pid,),
+            process_memory=((pid, engine_bytes),),
+            process_sm_ratios=() if self.mig else ((pid, ratio("sm_active")),),
+            mig_enabled=self.mig,
+            mig=mig,
         )
 
     def _xids(self, gpu: int, t: float) -> tuple[tuple[str, int], ...]:
