@@ -10,6 +10,7 @@ from tpw import (
     ENDPOINT_MODEL,
     ENDPOINT_MODEL_VARIABLE,
     ENDPOINT_VARIABLE,
+    NODE,
     NODE_VARIABLE,
     RATE,
     TOKENS_PER_JOULE,
@@ -464,5 +465,54 @@ def dashboard() -> Board:
         ),
         width=8,
         height=7,
+    )
+    processes = "only for endpoints whose processes the exporter knows (gpus: auto, the demo)"
+    board.add(
+        timeseries(
+            "GPU memory of the endpoint's processes",
+            "Device memory the endpoint's own processes hold on each GPU (NVML per-process memory), against "
+            "the GPU's memory used by everything (dashed). A steady climb while throughput falls is a leak "
+            "in the engine (TPWGpuMemoryLeak names the endpoint).",
+            [
+                Q(
+                    f"tpw_endpoint_gpu_memory_used_bytes{{{e}}}",
+                    "{{endpoint}} gpu {{gpu}}",
+                    conditional=processes,
+                ),
+                Q(
+                    f"tpw_gpu_memory_used_bytes{{{NODE}}} and on (cluster, instance, gpu) "
+                    f"tpw_endpoint_gpu_info{{{e}}}",
+                    "gpu {{gpu}} all processes",
+                ),
+            ],
+            "bytes",
+            overrides=[dashed(".* all processes")],
+        ),
+        width=12,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "SM utilisation of the endpoint's processes",
+            "SM utilisation of the endpoint's own processes on each GPU (NVML per-process samples), against "
+            "the GPU's SM activity from GPM (dashed). Below the GPU's: another process shares the GPU.",
+            [
+                Q(
+                    f"tpw_endpoint_gpu_sm_utilization_ratio{{{e}}}",
+                    "{{endpoint}} gpu {{gpu}}",
+                    conditional=processes + "; not in MIG mode",
+                ),
+                Q(
+                    f"tpw_gpu_sm_active_ratio{{{NODE}}} and on (cluster, instance, gpu) "
+                    f"tpw_endpoint_gpu_info{{{e}}}",
+                    "gpu {{gpu}} all processes (GPM)",
+                ),
+            ],
+            "percentunit",
+            max_value=1,
+            fill=0,
+        ),
+        width=12,
+        height=8,
     )
     return board

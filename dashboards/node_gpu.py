@@ -176,6 +176,51 @@ def dashboard() -> Board:
         width=12,
         height=8,
     )
+    mig = "only on GPUs with MIG on (tpw-exporter demo --mig shows a layout)"
+    board.add(
+        timeseries(
+            "MIG devices: memory used vs size",
+            "Memory in use in each MIG device (solid) against its size (dashed), by GPU, GPU instance and "
+            "profile. A MIG device cannot borrow from its neighbours: it runs out at its own size.",
+            [
+                Q(
+                    f"tpw_mig_memory_used_bytes{{{g}}}",
+                    "{{instance}} gpu {{gpu}} gi {{gpu_instance}} ci {{compute_instance}} {{mig_profile}}",
+                    conditional=mig,
+                ),
+                Q(
+                    f"tpw_mig_memory_total_bytes{{{g}}}",
+                    "{{instance}} gpu {{gpu}} gi {{gpu_instance}} ci {{compute_instance}} "
+                    "{{mig_profile}} size",
+                    conditional=mig,
+                ),
+            ],
+            "bytes",
+            overrides=[dashed(".* size")],
+        ),
+        width=12,
+        height=8,
+    )
+    board.add(
+        timeseries(
+            "MIG devices: SM activity (GPM per GPU instance)",
+            "Fraction of each MIG device's SMs busy (GPM of its GPU instance; compute instances of one GPU "
+            "instance share the value). MIG devices have no energy counter: the GPU's energy is split "
+            "between the endpoints on its MIG devices by the SMs they hold.",
+            [
+                Q(
+                    f"tpw_mig_sm_active_ratio{{{g}}}",
+                    "{{instance}} gpu {{gpu}} gi {{gpu_instance}} {{mig_profile}}",
+                    conditional=mig + ", with GPM",
+                )
+            ],
+            "percentunit",
+            max_value=1,
+            fill=0,
+        ),
+        width=12,
+        height=8,
+    )
 
     board.row("Power, clocks and throttling")
     board.add(
