@@ -6,7 +6,9 @@ python benchmarks/device_smoke.py [--ticks 5] [--interval 1]
 Per GPU, the health summary says for every value whether NVML supports it here (a value) or not (`absent`:
 the exporter serves no series for it), whether the GPU delivers XID events (the codes counted so far), the
 PCIe link now against its maximum, the NVLink byte counters' change over the run, and the clock-event
-reasons by name.
+reasons by name. Then MIG (issue 14, part 2): "MIG: off" / "MIG: absent (not supported)", or each MIG device
+with its ids, profile, memory and GPM; and the compute processes NVML lists, with the memory and SM
+utilisation the exporter reads per process (what `tpw_endpoint_gpu_*` sum for an endpoint's processes).
 """
 
 from __future__ import annotations
@@ -69,6 +71,29 @@ def health_summary(first: GpuSample, last: GpuSample, seconds: float) -> list[st
     return lines
 
 
+def mig_and_processes(gpu: GpuSample) -> list[str]:
+    """What MIG and the per-process reads give on this GPU."""
+    if not gpu.up:
+        return []
+    mode = {None: "absent (not supported)", False: "off", True: f"on, {len(gpu.mig)} MIG device(s)"}
+    lines = [f"  MIG: {mode[gpu.mig_enabled]}"]
+    for device in gpu.mig:
+        sm = device.profiling.ratios.get("sm_active") if device.profiling is not None else None
+        lines.append(
+            f"    gi {device.gpu_instance} ci {device.compute_instance} {device.profile or '?'} "
+            f"{device.uuid}: {device.multiprocessors} SMs, memory {device.memory_used_bytes} of "
+            f"{device.memory_total_bytes} B, "
+            f"SM active {sm if sm is not None else 'absent'}, processes {list(device.process_ids)}"
+        )
+    memory = dict(gpu.process_memory)
+    busy = dict(gpu.process_sm_ratios)
+    lines.append(f"  compute processes: {len(gpu.process_ids)}")
+    for pid in gpu.process_ids:
+        shown = f"{busy[pid]:.2f}" if pid in busy else "no sample"
+        lines.append(f"    pid {pid}: memory {memory.get(pid, 'absent')} B, SM utilisation {shown}")
+    return lines
+
+
 async def main(ticks: int = 5, interval: float = 1.0) -> None:
     source = NvmlSource(gpu_timeout_seconds=2.0)
     started = time.perf_counter()
@@ -93,6 +118,10 @@ async def main(ticks: int = 5, interval: float = 1.0) -> None:
     before = {gpu.info.index: gpu for gpu in first.gpus}
     for gpu in collected.gpus:
         print("\n".join(health_summary(before.get(gpu.info.index, gpu), gpu, seconds)))
+    print("\nMIG and per-process reads:")
+    for gpu in collected.gpus:
+        print(f"GPU {gpu.info.index}:")
+        print("\n".join(mig_and_processes(gpu)))
     await source.close()
 
 

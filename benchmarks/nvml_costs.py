@@ -11,8 +11,13 @@ Then, per GPU, what the health fields add to a tick: the new per-tick calls plus
 by the ticks between two reads. Part 2 runs the NVML source's own tick (`NvmlSource.collect`, one worker
 thread per GPU, GPM on where supported) `--ticks` times, once without the health fields (as before issue
 14) and once with them, and prints the wall time and the CPU of the whole process per tick (mean and
-worst: the worst tick has the health read), so the Python around the calls is the difference. Needs a GPU
-and its driver:
+worst: the worst tick has the health read), so the Python around the calls is the difference. Part 3
+(issue 14, part 2) measures the per-process calls (`nvmlDeviceGetProcessUtilization`, which the source reads
+every tick on a GPU with compute processes; NOT_FOUND, no sample since the timestamp, is an answer and is
+timed too) and the MIG calls: the mode (health cadence) on every GPU, printing "MIG: off" where MIG is off;
+where it is on, the enumeration (health cadence) and per MIG device its memory and processes (every tick)
+and a GPM window of its GPU instance (`nvmlGpmMigSampleGet` + metrics, every tick). Needs a GPU and its
+driver:
 
     python benchmarks/nvml_costs.py [--repeat 200] [--ticks 100] [--health-interval 30]
 """
@@ -249,6 +254,135 @@ def gpm_pair(handle: Any) -> Call | None:
     return step
 
 
+def answered(call: Call, *absent: int) -> Call:
+    """The call, with the NVML return codes `absent` taken as answers (timed like any other)."""
+
+    def wrapped(handle: Any) -> object:
+        try:
+            return call(handle)
+        except pynvml.NVMLError as exc:
+            if getattr(exc, "value", None) in absent:
+                return None
+            raise
+
+    return wrapped
+
+
+def per_process_calls() -> dict[str, Call]:
+    """The per-process call the source makes every tick on a GPU with compute processes."""
+    not_found = pynvml.NVML_ERROR_NOT_FOUND
+    return {
+        "process utilization (all samples)": answered(
+            lambda h: pynvml.nvmlDeviceGetProcessUtilization(h, 0), not_found
+        ),
+        "process utilization (since now)": answered(
+            lambda h: pynvml.nvmlDeviceGetProcessUtilization(h, int(time.time() * 1e6)), not_found
+        ),
+    }
+
+
+def mig_devices(handle: Any) -> list[Any]:
+    """The MIG device handles of a GPU with MIG on (empty slots skipped)."""
+    found = []
+    for slot in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+        try:
+            found.append(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot))
+        except pynvml.NVMLError:
+            continue
+    return found
+
+
+def mig_enumeration(handle: Any) -> object:
+    """What the source reads of the layout on the health cadence."""
+    return [
+        (
+            pynvml.nvmlDeviceGetGpuInstanceId(mig),
+            pynvml.nvmlDeviceGetComputeInstanceId(mig),
+            pynvml.nvmlDeviceGetUUID(mig),
+            pynvml.nvmlDeviceGetAttributes(mig),
+            pynvml.nvmlDeviceGetName(mig),
+        )
+        for mig in mig_devices(handle)
+    ]
+
+
+def mig_gpm_pair(handle: Any, gpu_instance: int) -> Call:
+    """One GPM window of a GPU instance, as the source takes it."""
+    samples = [pynvml.nvmlGpmSampleAlloc(), pynvml.nvmlGpmSampleAlloc()]
+    pynvml.nvmlGpmMigSampleGet(handle, gpu_instance, samples[0])
+    ids = list(GPM_RATIO_METRICS.values()) + list(GPM_RATE_METRICS.values())
+    state = {"previous": 0}
+
+    def step(h: Any) -> object:
+        current = 1 - state["previous"]
+        pynvml.nvmlGpmMigSampleGet(h, gpu_instance, samples[current])
+        request = pynvml.c_nvmlGpmMetricsGet_t()
+        request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(ids)
+        request.sample1 = samples[state["previous"]]
+        request.sample2 = samples[current]
+        for slot, metric_id in enumerate(ids):
+            request.metrics[slot].metricId = metric_id
+        state["previous"] = current
+        return pynvml.nvmlGpmMetricsGet(request)
+
+    return step
+
+
+def per_process_and_mig(repeat: int, count: int, ticks_per_read: float) -> None:
+    """Part 3: the per-process and MIG calls, and what they add to a tick per GPU."""
+    print(f"\nPer-process and MIG calls ({repeat} of each per GPU)")
+    print(f"{'call':<40} {'gpu':>3} {'when':>8} {'wall p50 µs':>12} {'wall p99 µs':>12} {'CPU µs':>8}")
+    for index in range(count):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        tick_cpu = read_cpu = 0.0
+
+        def timed(name: str, when: str, call: Call, on: Any = handle, gpu: int = index) -> None:
+            nonlocal tick_cpu, read_cpu
+            result = measure(call, on, repeat)
+            if result is None:
+                print(f"{name:<40} {gpu:>3} {when:>8} {'unsupported':>12}")
+                return
+            p50, p99, cpu = result
+            if when == "per tick":
+                tick_cpu += cpu
+            else:
+                read_cpu += cpu
+            print(f"{name:<40} {gpu:>3} {when:>8} {p50:>12.0f} {p99:>12.0f} {cpu:>8.0f}")
+
+        for name, call in per_process_calls().items():
+            timed(name, "per tick", call)
+        timed("MIG mode", "health", pynvml.nvmlDeviceGetMigMode)
+        try:
+            mode = pynvml.nvmlDeviceGetMigMode(handle)[0]
+        except pynvml.NVMLError as exc:
+            print(f"GPU {index}: MIG: not supported ({exc})")
+            mode = None
+        if mode == 1:
+            devices = mig_devices(handle)
+            print(f"GPU {index}: MIG: on, {len(devices)} MIG device(s)")
+            timed("MIG enumeration (all devices)", "health", mig_enumeration)
+            for slot, mig in enumerate(devices):
+                timed(f"MIG {slot} memory info", "per tick", pynvml.nvmlDeviceGetMemoryInfo, mig)
+                processes = pynvml.nvmlDeviceGetComputeRunningProcesses
+                timed(f"MIG {slot} compute processes", "per tick", processes, mig)
+            for instance in sorted({pynvml.nvmlDeviceGetGpuInstanceId(mig) for mig in devices}):
+                try:
+                    step = mig_gpm_pair(handle, instance)
+                except pynvml.NVMLError as exc:
+                    print(f"GPU {index}: GPM of GPU instance {instance}: unsupported ({exc})")
+                    continue
+                timed(f"MIG GPM window, GPU instance {instance}", "per tick", step)
+        elif mode is not None:
+            print(f"GPU {index}: MIG: off")
+        added = tick_cpu + read_cpu / ticks_per_read
+        print(
+            f"GPU {index}: per-process and MIG calls add {added / 1000:.3f} ms of CPU per tick "
+            f"(per-tick calls {tick_cpu / 1000:.3f} ms + health-cadence reads {read_cpu / 1000:.3f} ms "
+            f"every {ticks_per_read:g} ticks); budget 1 ms"
+        )
+
+
 def measure(call: Call, handle: Any, repeat: int) -> tuple[float, float, float] | None:
     """(median wall µs, p99 wall µs, mean thread-CPU µs) of `repeat` calls; None if the call fails."""
     try:
@@ -367,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(per-tick calls {tick_cpu / 1000:.3f} ms + a health read of {read_cpu / 1000:.3f} ms every "
             f"{ticks_per_read:g} ticks); budget 1 ms"
         )
+    per_process_and_mig(args.repeat, count, ticks_per_read)
     xid_cpu = xid_wait_cpu(args.xid_seconds)
     if xid_cpu is not None:
         print(

@@ -60,3 +60,46 @@ def test_device_smoke_prints_what_each_gpu_supports(
     assert "NVLink bytes: absent" in out  # GPU 1
     assert "PCIe link now: Gen 5 x16 (max Gen 5 x16" in out
     assert "clock event reasons now: sw_power_cap" in out
+
+
+def test_nvml_costs_measures_per_process_and_mig_calls(
+    fake_pynvml: FakeNvml, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fake_nvml import FakeMig
+
+    fake_pynvml.gpus[1].mig_mode = 1
+    fake_pynvml.gpus[1].mig_devices = [
+        FakeMig(0, 1, 0, "MIG-a", "3g.40gb", 3, 60, 40_192),
+        FakeMig(2, 5, 0, "MIG-b", "2g.20gb", 2, 32, 20_096),
+    ]
+    fake_pynvml.gpus[0].processes = (11,)
+    fake_pynvml.gpus[0].process_sm = {11: 50.0}
+    assert (
+        nvml_costs.main(["--repeat", "2", "--ticks", "1", "--interval", "0.01", "--xid-seconds", "0.1"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "GPU 0: MIG: off" in out  # what the H100s print
+    assert re.search(r"process utilization \(all samples\)\s+0\s+per tick\s+\d", out)
+    assert re.search(r"process utilization \(since now\)\s+1\s+per tick\s+\d", out)  # NOT_FOUND is timed
+    assert "GPU 1: MIG: on, 2 MIG device(s)" in out
+    assert re.search(r"MIG enumeration \(all devices\)\s+1\s+health\s+\d", out)
+    assert re.search(r"MIG 1 compute processes\s+1\s+per tick\s+\d", out)
+    assert re.search(r"MIG GPM window, GPU instance 5\s+1\s+per tick\s+\d", out)
+    assert "GPU 1: per-process and MIG calls add" in out and "budget 1 ms" in out
+
+
+def test_device_smoke_prints_mig_and_processes(
+    fake_pynvml: FakeNvml, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_pynvml.gpus[0].processes = (11,)
+    fake_pynvml.gpus[0].process_memory = {11: 4096}
+    fake_pynvml.gpus[0].process_sm = {11: 50.0}
+    fake_pynvml.gpus[1].mig_mode = None
+    asyncio.run(device_smoke.main(ticks=1, interval=0.01))
+    out = capsys.readouterr().out
+    # the fake's clock stands still: the second tick has no new per-process sample
+    assert (
+        "GPU 0:\n  MIG: off\n  compute processes: 1\n    pid 11: memory 4096 B, SM utilisation no sample"
+        in out
+    )
+    assert "GPU 1:\n  MIG: absent (not supported)" in out
