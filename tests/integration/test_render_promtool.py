@@ -265,3 +265,22 @@ def test_pages_without_a_tick_lint(app: App) -> None:
     assert sample_values(families)[("tpw_exporter_ready", ())] == 0
     families = assert_valid(*app.pages(collector_down()), "collector down")
     assert sample_values(families) == {("tpw_exporter_collector_up", ()): 0}
+
+
+def test_mig_node_with_per_endpoint_gpu_use_lints(app: App) -> None:
+    """The demo with MIG on (issue 14, part 2): MIG families and the endpoint's processes' GPU use."""
+    from exporter.model import EndpointSample, Snapshot
+
+    clock = Clock()
+    source = SimulatedSource(gpus=2, scenario="healthy", clock=clock, mig=True)
+    asyncio.run(source.collect())
+    clock.advance(1.0)
+    gpus = asyncio.run(source.collect()).gpus
+    demo = EndpointConfig(name="demo", url="http://127.0.0.1:1/metrics", gpus="all")
+    attributor = Attributor([demo], known_processes={"demo": set(source.engine_process_ids())})
+    snapshot = attributor(
+        Snapshot(2, 1.8e9, clock(), 0.001, gpus=gpus, endpoints=(EndpointSample("demo", "vllm", demo.url),))
+    )
+    families = assert_valid(*app.pages(Renderer(extra=[endpoint_families]).render(snapshot)), "MIG demo")
+    names = {name for name, _ in sample_values(families)}
+    assert {"tpw_mig_info", "tpw_mig_sm_active_ratio", "tpw_endpoint_gpu_memory_used_bytes"} <= names
