@@ -10,7 +10,10 @@ GPU processes already there. Each decode step runs `--layers` Megatron-style MLP
 CUDA, gloo with `--device cpu`) across the N workers, and synchronizes; a one-element all-reduce before each
 step lets all workers stop at the same step. Every step adds the batch to
 `decode_generation_tokens_total`, the name `benchmarks/decode_workload.py` uses. GPU indices are NVML's
-(CUDA_DEVICE_ORDER=PCI_BUS_ID). SIGTERM/SIGINT end it cleanly (exit 0).
+(CUDA_DEVICE_ORDER=PCI_BUS_ID). SIGTERM/SIGINT end it cleanly (exit 0). `--device python` needs no PyTorch:
+the same launcher and worker processes, each step a small plain-Python product and a barrier in place of the
+all-reduce, so the engine's shape (workers are the listener's children, lock-step, clean stop) is tested
+where PyTorch is not installed (`make test`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Barrier as BarrierType
 from multiprocessing.synchronize import Event
 
 from common import free_port
@@ -98,6 +103,40 @@ def worker(
     dist.destroy_process_group()
 
 
+def python_worker(
+    rank: int,
+    options: argparse.Namespace,
+    tokens: Synchronized[float],
+    ready: Synchronized[int],
+    stop: Event,
+    barrier: BarrierType,
+    stopping: Synchronized[int],
+) -> None:
+    """One rank without PyTorch: a plain-Python product per layer, a barrier where the all-reduce would be."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when to stop
+    hidden = options.hidden
+    weights = [[math.sin(rank + i * hidden + j) for j in range(hidden)] for i in range(options.layers)]
+    state = [1.0] * hidden
+    with ready.get_lock():
+        ready.value += 1
+    try:
+        while True:
+            if rank == 0:  # every rank leaves at the same step, as with the all-reduce of the flag
+                stopping.value = 1 if stop.is_set() else 0
+            barrier.wait(timeout=30)
+            if stopping.value:
+                break
+            for row in weights:
+                total = sum(a * b for a, b in zip(state, row, strict=True))
+                state = [math.tanh(total * w / hidden) for w in row]
+            barrier.wait(timeout=30)  # the all-reduce: no rank runs ahead
+            if rank == 0:
+                with tokens.get_lock():
+                    tokens.value += options.batch
+    except threading.BrokenBarrierError:  # another rank died: end too
+        return
+
+
 class TokenCollector:
     """Exposes the workers' shared token count on the launcher's /metrics."""
 
@@ -128,7 +167,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=positive_float, default=60.0, help="run time (default 60)")
     parser.add_argument("--layers", type=positive_int, default=8, help="MLP blocks per step (default 8)")
     parser.add_argument("--hidden", type=positive_int, help="hidden size (default 4096; CPU 64)")
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu", "python"],
+        default="cuda",
+        help="cuda (NCCL), cpu (gloo; PyTorch on the CPU) or python (no PyTorch; default cuda)",
+    )
     options = parser.parse_args(argv)
     options.hidden = options.hidden or (4096 if options.device == "cuda" else 64)
     return options
@@ -146,14 +190,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready = context.Value("i", 0)
     stop = context.Event()
     rendezvous = free_port()
-    workers = [
-        context.Process(
-            target=worker,
-            args=(rank, gpus, len(gpu_list), options, rendezvous, tokens, ready, stop),
-            name=f"tp-rank{rank}",
-        )
-        for rank in range(len(gpu_list))
-    ]
+    if options.device == "python":
+        barrier, stopping = context.Barrier(len(gpu_list)), context.Value("i", 0)
+        workers = [
+            context.Process(
+                target=python_worker,
+                args=(rank, options, tokens, ready, stop, barrier, stopping),
+                name=f"tp-rank{rank}",
+            )
+            for rank in range(len(gpu_list))
+        ]
+    else:
+        workers = [
+            context.Process(
+                target=worker,
+                args=(rank, gpus, len(gpu_list), options, rendezvous, tokens, ready, stop),
+                name=f"tp-rank{rank}",
+            )
+            for rank in range(len(gpu_list))
+        ]
     for process in workers:
         process.start()
 

@@ -1,8 +1,9 @@
-"""The tensor-parallel toy engine (benchmarks/tp_engine.py) on CPU: two gloo ranks behind one /metrics.
+"""The tensor-parallel toy engine (benchmarks/tp_engine.py) on CPU: two ranks behind one /metrics.
 
-On a GPU node `benchmarks/multi_gpu_attribution.py` runs it with NCCL; here it runs with gloo so that its
-shape is checked where CI runs: the listener serves the workers' tokens, the workers are its children (what
-`gpus: auto` relies on to give the engine all its GPUs), and SIGTERM ends it cleanly.
+On a GPU node `benchmarks/multi_gpu_attribution.py` runs it with NCCL; here, where `make test` installs no
+PyTorch, it runs its plain-Python workers (`--device python`: a barrier in place of the all-reduce) so that
+its shape is checked where CI runs: the listener serves the workers' tokens, the workers are its children
+(what `gpus: auto` relies on to give the engine all its GPUs), and SIGTERM ends it cleanly.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def test_tp_engine_serves_its_workers_tokens_and_its_workers_are_its_children() 
     import psutil
 
     port = free_port()
-    options = ["--device", "cpu", "--gpus", "0,1", "--port", str(port), "--batch", "8", "--seconds", "60"]
+    options = ["--device", "python", "--gpus", "0,1", "--port", str(port), "--batch", "8", "--seconds", "60"]
     engine = subprocess.Popen(
         [sys.executable, str(REPO / "benchmarks" / "tp_engine.py"), *options],
         stdout=subprocess.PIPE,
