@@ -41,6 +41,11 @@ def exported_names() -> set[str]:
     names = set()
     for family in Renderer(extra=[endpoint_families, derived_families]).families(snapshot):
         names.add(family.name)
-        suffixes = {"counter": ("_total",), "summary": ("_sum", "_count"), "info": ("_info",)}
+        suffixes = {
+            "counter": ("_total",),
+            "summary": ("_sum", "_count"),
+            "histogram": ("_bucket", "_sum", "_count"),
+            "info": ("_info",),
+        }
         names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
     return names
