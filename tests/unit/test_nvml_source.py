@@ -328,27 +328,28 @@ def test_unknown_device_is_named(devices: list[int | str], message: str) -> None
         collect(source)
 
 
-def test_per_process_sm_utilisation_is_read_where_a_gpu_has_processes() -> None:
+def test_per_process_sm_utilisation_is_read_only_where_processes_share_a_gpu() -> None:
+    """2.1-2.3 ms of CPU a call on an H100: asked only where it splits a GPU between processes."""
     fake, source, _ = make(3)
     fake.gpus[0].processes = (11, 22)
     fake.gpus[0].process_sm = {11: 60.0, 22: 20.0}
     fake.gpus[1].processes = (33,)
-    fake.gpus[1].process_sm = {33: 90.0}
+    fake.gpus[1].process_sm = {33: 90.0}  # one process: the GPU is its own, not asked
     fake.gpus[2].process_sm = {44: 50.0}  # samples, but no compute process listed: not asked
     collected = collect(source)
     assert collected.gpus[0].process_sm_ratios == ((11, pytest.approx(0.6)), (22, pytest.approx(0.2)))
-    assert collected.gpus[1].process_sm_ratios == ((33, pytest.approx(0.9)),)
+    assert collected.gpus[1].process_sm_ratios == ()
     assert collected.gpus[2].process_sm_ratios == ()
-    assert fake.calls["nvmlDeviceGetProcessUtilization"] == 2
+    assert fake.calls["nvmlDeviceGetProcessUtilization"] == 1
 
 
 def test_per_process_sm_utilisation_unsupported_is_not_asked_again() -> None:
     fake, source, _ = make(1)
-    fake.gpus[0].processes = (11,)
+    fake.gpus[0].processes = (11, 12)
     fake.gpus[0].errors["nvmlDeviceGetProcessUtilization"] = pynvml.NVML_ERROR_NOT_SUPPORTED
     for _ in range(3):
         gpu = collect(source).gpus[0]
-    assert gpu.up and gpu.process_ids == (11,) and gpu.process_sm_ratios == ()
+    assert gpu.up and gpu.process_ids == (11, 12) and gpu.process_sm_ratios == ()
     assert fake.calls["nvmlDeviceGetProcessUtilization"] == 1
 
 
