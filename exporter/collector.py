@@ -8,9 +8,12 @@ arrives and answers scrapes from it.
 
 Frames, both directions: a 4-byte big-endian length, then a pickle of a tuple.
   collector → server  ("started",) once its sources are open, or ("error", message) if they cannot be;
-                      ("published", Published) after every tick; ("snapshot", json_bytes) on request.
+                      ("published", Published) after every tick; ("snapshot", json_bytes) on request;
+                      ("history", id, body, gzipped) answering a history request.
   server → collector  ("gzip", Format): a scraper wants that format compressed; ("snapshot",): send the
-                      latest snapshot as JSON. End of file: the server is gone, stop.
+                      latest snapshot as JSON; ("history", id, since, run, gzip): the live page's history
+                      (exporter/live/history.py) as JSON, gzipped if asked and worth it. End of file: the
+                      server is gone, stop.
 
 If the collector dies (a driver bug that segfaults, the OOM killer) the server keeps answering: `/metrics`
 says `tpw_exporter_collector_up 0` and nothing stale, `/readyz` fails, and a new collector is forked after
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from exporter.config import Config
+    from exporter.live.history import History
     from exporter.model import Snapshot
     from exporter.render.exposition import Exposition
 
@@ -102,12 +106,13 @@ def describe_exit(status: int) -> str:
 class CollectorChannel:
     """The collector's end: publishes each tick, answers the server's requests, notices when it is gone."""
 
-    def __init__(self, sock: socket.socket, stop: asyncio.Event) -> None:
+    def __init__(self, sock: socket.socket, stop: asyncio.Event, history: History | None = None) -> None:
         self._sock = sock
         self._stop = stop
         self._decoder = FrameDecoder()
         self._gzip: set[Format] = set()
         self._latest: Exposition | None = None
+        self._history = history
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -120,6 +125,8 @@ class CollectorChannel:
 
         self._latest = exposition
         self.send(("published", published_from(exposition, self._gzip)))
+        if self._history is not None:  # after the send: the server has the tick's bytes first
+            self._history.record(exposition.snapshot)
 
     def on_readable(self) -> None:
         try:
@@ -144,6 +151,10 @@ class CollectorChannel:
             from exporter.snapshot_json import snapshot_json
 
             self.send(("snapshot", snapshot_json(self._latest.snapshot)))
+        elif message[0] == "history" and self._history is not None:
+            from exporter.live.history import history_reply
+
+            self.send(("history", message[1], *history_reply(self._history, *message[2:])))
 
 
 def collector_families(restarts: int) -> Callable[[Snapshot], Iterator[Metric]]:
@@ -190,7 +201,9 @@ async def _collect(sock: socket.socket, restarts: int, config: Config, command: 
     node = build_node(config, command)  # a ConfigError here is reported to the server, which exits 2
     try:
         stop = asyncio.Event()
-        channel = CollectorChannel(sock, stop)
+        from exporter.live.history import History
+
+        channel = CollectorChannel(sock, stop, History(config.interval))
         daemon = build_daemon(node, config, extra_families=[collector_families(restarts)])
         daemon.publish = channel.publish
         channel.send(("started",))
@@ -237,6 +250,8 @@ class CollectorProcess:
         self._latest = collector_down()
         self._gzip: set[Format] = set()
         self._waiters: list[asyncio.Future[bytes | None]] = []
+        self._history_waiters: dict[int, asyncio.Future[tuple[bytes, bool] | None]] = {}
+        self._history_requests = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restart_handle: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -272,6 +287,21 @@ class CollectorProcess:
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(future)
+
+    async def history_json(self, since: int | None, run: str | None, gzip: bool) -> tuple[bytes, bool] | None:
+        if self._sock is None or not self._latest.collector_up:
+            return None
+        self._history_requests += 1
+        request = self._history_requests  # answers are matched by id: each asks for its own `since`
+        future: asyncio.Future[tuple[bytes, bool] | None] = asyncio.get_running_loop().create_future()
+        self._history_waiters[request] = future
+        self._send(("history", request, since, run, gzip))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), SNAPSHOT_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._history_waiters.pop(request, None)
 
     # -- life cycle
 
@@ -370,6 +400,10 @@ class CollectorProcess:
             for waiter in self._waiters:
                 if not waiter.done():
                     waiter.set_result(message[1])
+        elif kind == "history":
+            asked = self._history_waiters.get(message[1])
+            if asked is not None and not asked.done():
+                asked.set_result((message[2], message[3]))
         elif kind == "started":
             self._started_at = time.monotonic()
             for fmt in self._gzip:
@@ -432,6 +466,9 @@ class CollectorProcess:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        for asked in self._history_waiters.values():
+            if not asked.done():
+                asked.set_result(None)
         if self._stopping:
             return
         if how == "exit code 0":

@@ -219,9 +219,20 @@ class InProcessPublication:
     """`Publication` over a Daemon in this process (tests, embedding); `serve` uses the collector process."""
 
     def __init__(self, daemon: Daemon) -> None:
+        from exporter.live.history import History
+
         self.daemon = daemon
         self._gzip: set[Format] = set()
         self._published: tuple[Exposition, Published] | None = None
+        self.history = History(daemon.interval)
+        publish = daemon.publish
+
+        def record(exposition: Exposition) -> None:
+            self.history.record(exposition.snapshot)
+            if publish is not None:
+                publish(exposition)
+
+        daemon.publish = record
 
     def latest(self) -> Published:
         exposition = self.daemon.latest
@@ -238,3 +249,8 @@ class InProcessPublication:
         from exporter.snapshot_json import snapshot_json
 
         return snapshot_json(self.daemon.latest.snapshot)
+
+    async def history_json(self, since: int | None, run: str | None, gzip: bool) -> tuple[bytes, bool] | None:
+        from exporter.live.history import history_reply
+
+        return history_reply(self.history, since, run, gzip)

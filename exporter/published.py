@@ -115,3 +115,8 @@ class Publication(Protocol):
 
     async def snapshot_json(self) -> bytes | None:
         """The latest snapshot as JSON; None while there is none (collector down)."""
+
+    async def history_json(self, since: int | None, run: str | None, gzip: bool) -> tuple[bytes, bool] | None:
+        """The live page's history as JSON (exporter/live/history.py), only what came after tick `since` of
+        history `run` where it can, gzipped when `gzip` and worth it: (body, gzipped); None while the
+        collector is down."""
