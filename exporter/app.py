@@ -12,25 +12,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from exporter import __version__
+from exporter.live.web import add_live_routes
 from exporter.published import Publication, accepts_gzip, negotiate_format
-
-LANDING_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>tpw-exporter</title></head>
-<body>
-<h1>tpw-exporter {version}</h1>
-<p>GPU efficiency joined with serving throughput: throughput per watt.{mode}</p>
-<ul>
-<li><a href="/metrics">/metrics</a> &mdash; Prometheus exposition (text 0.0.4, OpenMetrics on request)</li>
-<li><a href="/api/v1/snapshot">/api/v1/snapshot</a> &mdash; the latest snapshot as JSON</li>
-<li><a href="/healthz">/healthz</a> &mdash; liveness</li>
-<li><a href="/readyz">/readyz</a> &mdash; readiness (first collection done)</li>
-</ul>
-</body></html>
-"""
 
 
 class ScrapeFastPath:
@@ -105,11 +92,7 @@ def create_app(
             return JSONResponse({"error": "no snapshot: the collector process is down"}, status_code=503)
         return Response(body, media_type="application/json")
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
-    async def landing() -> HTMLResponse:
-        scenario = publication.latest().simulated_scenario
-        mode = f" <strong>Simulated node</strong> (scenario {scenario}): not real GPUs." if scenario else ""
-        return HTMLResponse(LANDING_PAGE.format(version=__version__, mode=mode))
+    add_live_routes(app, publication)  # the live page at /, its files, /api/v1/history
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:

@@ -56,7 +56,7 @@ examples:
   tpw-exporter serve --config /etc/tpw-exporter.yaml
   tpw-exporter check-config /etc/tpw-exporter.yaml
 
-endpoints: /metrics  /api/v1/snapshot  /healthz  /readyz"""
+endpoints: /metrics  /api/v1/snapshot  /healthz  /readyz  / (live page)  /api/v1/history"""
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
