@@ -1,11 +1,11 @@
 # Two commands for a fresh machine:
 #   make demo   create .venv, install, run the exporter on the built-in simulated node
 #   make test   install what the tests need (Python deps; Debian's prometheus, promtool, amtool,
-#               systemd-analyze), lint, test
+#               systemd-analyze, chromium), lint, test
 # Or half of `make test`:
 #   make test-unit          lint, then the tests in process (tests/unit/; no Debian packages needed)
 #   make test-integration   the tests that run real components (tests/integration/, marker `integration`:
-#                           Prometheus, promtool, amtool, systemd-analyze, the exporter as a process)
+#                           Prometheus, promtool, amtool, systemd-analyze, chromium, the exporter as a process)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -34,8 +34,10 @@ demo: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(PY) -m exporter serve $(ARGS)
 
-# Real components the tests run: Prometheus + promtool, Alertmanager's amtool, systemd-analyze.
-TOOLS := prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager systemd-analyze:systemd
+# Real components the tests run: Prometheus + promtool, Alertmanager's amtool, systemd-analyze, and Debian's
+# chromium for the live page's browser test (Playwright drives it; no browser is downloaded).
+TOOLS := prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager systemd-analyze:systemd \
+	chromium:chromium
 tools:
 	@missing=""; for pair in $(TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -200,6 +200,8 @@ def test_the_package_builds_from_exactly_the_files_the_image_copies(tmp_path: Pa
     names = zipfile.ZipFile(wheel).namelist()
     for module in (REPO / "exporter").rglob("*.py"):
         assert module.relative_to(REPO).as_posix() in names, f"{module.name} missing from the image's package"
+    for static in (REPO / "exporter" / "static").iterdir():  # the live page's files: package data
+        assert static.relative_to(REPO).as_posix() in names, f"{static.name} missing from the image's package"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "tpw-exporter = exporter.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
