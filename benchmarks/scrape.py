@@ -14,7 +14,9 @@ For each configuration it starts `python -m exporter` (interval 1 s) and then:
    the node pays, and what a container's memory accounting charges);
 4. gzip: body size plain and gzipped per format, and what compressing it costs the collector per tick.
 With --endpoints K, K - 1 endpoints besides the demo's own engine serve real engine pages (vLLM, SGLang,
-TGI fixtures) from a static HTTP server, so the tick parses them too.
+TGI fixtures) from a static HTTP server, so the tick parses them too. With --browser, the live page (`/`) is
+open in headless chromium (Playwright, Debian's /usr/bin/chromium) the whole time, polling
+/api/v1/history every second as it does for a user.
 Figures, not pass/fail; the targets are printed beside them.
 """
 
@@ -156,13 +158,48 @@ def endpoint_server(count: int) -> tuple[subprocess.Popen[bytes] | None, list[di
     return server, endpoints, directory
 
 
+class LivePage:
+    """The live page open in headless chromium, polling the exporter by itself (the page's JavaScript)."""
+
+    ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+    def __init__(self, port: int) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self.playwright = sync_playwright().start()
+        self.browser = self.playwright.chromium.launch(executable_path="/usr/bin/chromium", args=self.ARGS)
+        self.page = self.browser.new_page(viewport={"width": 1280, "height": 900})
+        self.polls = 0
+        self.page.on("request", lambda r: self._count(r.url))
+        self.page.goto(f"http://127.0.0.1:{port}/")
+        self.page.wait_for_function("() => Number(document.body.dataset.tick) > 0")
+        self.first_tick = self.tick()
+
+    def _count(self, url: str) -> None:
+        self.polls += "/api/v1/history" in url
+
+    def tick(self) -> int:
+        return int(self.page.evaluate("() => document.body.dataset.tick"))
+
+    def close(self) -> str:
+        seen = f"ticks {self.first_tick} → {self.tick()}, {self.polls} history requests"
+        self.browser.close()
+        self.playwright.stop()
+        return seen
+
+
 def measure(label: str, args: list[str], extra_endpoints: int, options: argparse.Namespace) -> None:
     server, endpoints, directory = endpoint_server(extra_endpoints)
     config = {"interval": 1.0, "endpoints": endpoints} if endpoints else {"interval": 1.0}
     process, port = start_exporter(args, config=config, quiet=True, tree=options.tree)
     prometheus = {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}
+    page: LivePage | None = None
+    seen = ""
     try:
         time.sleep(options.warmup)  # GPM needs two ticks; the first gzip request turns compression on
+        if options.browser:
+            page = LivePage(port)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         get(connection, prometheus)  # the first gzip request of each format turns its compression on
         get(connection, {"Accept-Encoding": "gzip"})
@@ -190,6 +227,8 @@ def measure(label: str, args: list[str], extra_endpoints: int, options: argparse
         pss = sum(pss_mb(p.pid) for p in processes)
         series = sum(1 for line in bodies["text"].decode().splitlines() if line and not line.startswith("#"))
     finally:
+        if page is not None:
+            seen = page.close()
         stop([process])
         if server is not None:
             server.terminate()
@@ -198,6 +237,8 @@ def measure(label: str, args: list[str], extra_endpoints: int, options: argparse
             shutil.rmtree(directory, ignore_errors=True)
 
     print(f"\n{label}: {series} series, {len(processes)} processes (server + collector)")
+    if seen:
+        print(f"  live page open in chromium all along: {seen}")
     print(f"  {'latency (ms)':<26} {'p50':>6} {'p99':>6} {'p99.9':>6} {'max':>6} {'scrapes':>8}")
     for name, result in (("new connection each", fresh), ("one keep-alive connection", kept)):
         print(
@@ -239,6 +280,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="latency scrapes a second (default 10)")
     parser.add_argument("--cpu-seconds", type=float, default=30.0, help="CPU phase (default 30)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (default 3)")
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="keep the live page (/) open in headless chromium meanwhile (Playwright; /usr/bin/chromium)",
+    )
     options = parser.parse_args()
 
     print(
