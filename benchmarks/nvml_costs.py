@@ -3,23 +3,26 @@
 Part 1 calls, on every GPU in turn, each NVML function the NVML source calls per tick (`--repeat` times,
 arguments as the source passes them) and prints per call the median and p99 wall time and the mean CPU
 time of the calling thread (user + system: in a VM most of an NVML call is the driver's ioctl, which
-counts). It does the same for the GPU-health calls (issue 14): those read every tick (the PCIe link) and
+counts). It does the same for the GPU-health calls (issue 14): those read every tick (the PCIe generation) and
 those of the health read (ECC, remapped rows, power limit, PCIe maximum and replays, NVLink states, byte
 counters and error totals), read once every `nvml.health_interval_seconds` (30 s), and it measures
 the CPU of a thread waiting for XID events (`nvmlEventSetWait_v2`, 0.5 s timeout, as the source waits).
 Then, per GPU, what the health fields add to a tick: the new per-tick calls plus the health read divided
 by the ticks between two reads. Part 2 runs the NVML source's own tick (`NvmlSource.collect`, one worker
-thread per GPU, GPM on where supported) `--ticks` times, once without the health fields (as before issue
-14) and once with them, and prints the wall time and the CPU of the whole process per tick (mean and
-worst: the worst tick has the health read), so the Python around the calls is the difference. Part 3
-(issue 14, part 2) measures the per-process calls (`nvmlDeviceGetProcessUtilization`, which the source reads
-every tick on a GPU with compute processes; NOT_FOUND, no sample since the timestamp, is an answer and is
-timed too) and the MIG calls: the mode (health cadence) on every GPU, printing "MIG: off" where MIG is off;
-where it is on, the enumeration (health cadence) and per MIG device its memory and processes (every tick)
-and a GPM window of its GPU instance (`nvmlGpmMigSampleGet` + metrics, every tick). Needs a GPU and its
-driver:
+thread per GPU, GPM on where supported) in blocks of `--block-ticks` ticks, each block a fresh source
+without the health fields (as before issue 14) or with them (one health read per block), `--pairs` pairs
+interleaved so that a drift of the machine falls on both. Per block it prints the process CPU per tick (the
+waits between ticks included: the XID thread counts) and the wall time of a tick; then what the health
+fields add per tick and per GPU, the mean of the pairs' differences with its 95 % confidence interval,
+against the budget of 1 ms per GPU (a figure whose interval reaches past the budget is not called within).
+Part 3 (issue 14, part 2) measures the per-process calls (`nvmlDeviceGetProcessUtilization`, which the source
+reads every tick on a GPU that more than one compute process shares; NOT_FOUND, no sample since the
+timestamp, is an answer and is timed too) and the MIG calls: the mode (health cadence) on every GPU,
+printing "MIG: off" where MIG is off; where it is on, the enumeration (health cadence) and per MIG device
+its memory and processes (every tick) and a GPM window of its GPU instance (`nvmlGpmMigSampleGet` + metrics,
+every tick). Needs a GPU and its driver:
 
-    python benchmarks/nvml_costs.py [--repeat 200] [--ticks 100] [--health-interval 30]
+    python benchmarks/nvml_costs.py [--repeat 200] [--pairs 5] [--block-ticks 30] [--health-interval 30]
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -60,6 +64,7 @@ from exporter.sources.nvml import (
     NVLINK_ERROR_TOTAL_FIELDS,
     RETIREMENT_CAUSES,
     TEMPERATURE_GPU,
+    GpuReader,
     NvmlSource,
 )
 
@@ -87,7 +92,6 @@ def health_tick_calls() -> dict[str, Call]:
     """The GPU-health calls the source makes every tick."""
     return {
         "PCIe link generation": pynvml.nvmlDeviceGetCurrPcieLinkGeneration,
-        "PCIe link width": pynvml.nvmlDeviceGetCurrPcieLinkWidth,
     }
 
 
@@ -156,6 +160,7 @@ def health_read_calls(handle: Any) -> dict[str, Call]:
             "PCIe max generation": pynvml.nvmlDeviceGetMaxPcieLinkGeneration,
             "PCIe max width": pynvml.nvmlDeviceGetMaxPcieLinkWidth,
             "PCIe replay counter": pynvml.nvmlDeviceGetPcieReplayCounter,
+            "PCIe link width": pynvml.nvmlDeviceGetCurrPcieLinkWidth,
         }
     )
     links = nvlink_links(handle)
@@ -329,6 +334,75 @@ def mig_gpm_pair(handle: Any, gpu_instance: int) -> Call:
     return step
 
 
+class CallTimer:
+    """pynvml, each of its functions timed: the calling thread's CPU per function name, summed."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(pynvml, name)
+        if not (name.startswith("nvml") and callable(value)):
+            return value
+
+        def timed(*args: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return value(*args)
+            finally:
+                spent = time.thread_time() - started
+                with self._lock:
+                    self.cpu[name] = self.cpu.get(name, 0.0) + spent
+
+        return timed
+
+
+def health_read_concurrency(count: int, repeat: int) -> None:
+    """Part 1b: the source's own health read (`GpuReader._read_health`), GPUs one after another and every GPU
+    at once from its own thread (as the source's workers would without `HEALTH_READ_LOCK`): the CPU of a read
+    per GPU and the calls that cost most. Some calls contend inside the driver when GPUs make them at once."""
+    timer = CallTimer()
+    readers = [
+        GpuReader(cast(ModuleType, timer), index, False, time.monotonic, 0.0) for index in range(count)
+    ]
+    for reader in readers:
+        reader.read()  # the first read: NVLink discovery, the maximum SM clock
+    print(f"\nThe source's health read ({repeat} per GPU), one GPU after another and every GPU at once")
+
+    def run(reader: GpuReader, spent: list[float], barrier: threading.Barrier | None) -> None:
+        for _ in range(repeat):
+            if barrier is not None:
+                barrier.wait()
+            started = time.thread_time()
+            reader._read_health()
+            spent.append(time.thread_time() - started)
+
+    results = {}
+    for mode in ("one GPU after another", f"all {count} GPUs at once"):
+        timer.cpu.clear()
+        spent: list[float] = []
+        if mode.startswith("one"):
+            for reader in readers:
+                run(reader, spent, None)
+        else:
+            barrier = threading.Barrier(count)
+            threads = [threading.Thread(target=run, args=(r, spent, barrier)) for r in readers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        reads = repeat * count
+        results[mode] = statistics.fmean(spent) * 1e3
+        top = sorted(timer.cpu.items(), key=lambda item: -item[1])[:4]
+        costly = ", ".join(f"{name.removeprefix('nvmlDevice')} {cpu / reads * 1e3:.2f}" for name, cpu in top)
+        print(f"  {mode}: {results[mode]:.2f} ms of CPU per read per GPU (ms per read: {costly})")
+    for reader in readers:
+        reader.close()
+    alone, together = results.values()
+    print(f"  at once / one after another: {together / alone:.1f}× the CPU (the source serialises them)")
+
+
 def per_process_and_mig(repeat: int, count: int, ticks_per_read: float) -> None:
     """Part 3: the per-process and MIG calls, and what they add to a tick per GPU."""
     print(f"\nPer-process and MIG calls ({repeat} of each per GPU)")
@@ -400,37 +474,103 @@ def measure(call: Call, handle: Any, repeat: int) -> tuple[float, float, float] 
     return statistics.median(walls) * 1e6, walls[min(len(walls) - 1, int(0.99 * len(walls)))] * 1e6, cpu * 1e6
 
 
-def source_ticks(ticks: int, interval: float, health_interval: float | None) -> dict[str, float]:
-    """The NVML source's own tick, one per `interval`: mean and worst wall and process-CPU ms per tick.
-    `health_interval` None: without the health fields (the source before issue 14)."""
+# two-sided 95 % quantile of Student's t by degrees of freedom (beyond the table: the normal's 1.96)
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+def source_block(ticks: int, interval: float, with_health: bool) -> dict[str, float]:
+    """One block of the NVML source's own tick: a fresh source, a first tick not counted (static reads, the
+    first health read, the first GPM sample), then `ticks` ticks one per `interval`. Returns the mean wall
+    ms of a tick and the process CPU ms per tick over the whole block, the waits between ticks included (the
+    XID thread's waits count). With the health fields the health read is due once in the block, in its last
+    tick (every `(ticks - 0.5) × interval` s), so a block holds as many health reads per tick as the
+    daemon at `nvml.health_interval_seconds = ticks × interval`; without them the source is the one before
+    issue 14."""
+    health_interval = (ticks - 0.5) * interval if with_health else None
     source = NvmlSource(
         profiling=True, gpu_timeout_seconds=0.8 * interval, health_interval_seconds=health_interval
     )
     loop = asyncio.new_event_loop()
     try:
+        first = time.perf_counter()
         loop.run_until_complete(source.collect())
-        walls, cpus = [], []
-        for _ in range(ticks):
-            cpu, started = time.process_time(), time.perf_counter()
+        walls = []
+        cpu = time.process_time()
+        for tick in range(1, ticks + 1):
+            time.sleep(max(0.0, first + tick * interval - time.perf_counter()))  # on the tick's schedule
+            started = time.perf_counter()
             loop.run_until_complete(source.collect())
             walls.append(time.perf_counter() - started)
-            cpus.append(time.process_time() - cpu)
-            time.sleep(max(0.0, interval - walls[-1]))
+        time.sleep(max(0.0, first + (ticks + 1) * interval - time.perf_counter()))  # the last tick's interval
         return {
+            "cpu": (time.process_time() - cpu) / ticks * 1e3,
             "wall": statistics.fmean(walls) * 1e3,
             "wall_max": max(walls) * 1e3,
-            "cpu": statistics.fmean(cpus) * 1e3,
-            "cpu_max": max(cpus) * 1e3,
         }
     finally:
         loop.run_until_complete(source.close())
         loop.close()
 
 
+def mean_and_interval(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the half-width of its 95 % confidence interval (Student's t; 0 for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def source_ticks_ab(pairs: int, ticks: int, interval: float, count: int, calls_ms: float) -> None:
+    """Part 2: blocks without and with the health fields, interleaved (A B, B A, A B, …) so that a drift of
+    the machine falls on both; the health fields' cost is the mean of the pairs' differences."""
+    print(
+        f"\nNVML source tick ({count} GPU(s)): {pairs} pairs of blocks without and with the health fields, "
+        f"interleaved; a block: a fresh source, {ticks} ticks every {interval:g} s, one health read"
+    )
+    print(f"{'pair':>4} {'block':<8} {'CPU ms/tick':>12} {'wall ms/tick':>13} {'worst wall':>11}")
+    without: list[float] = []
+    with_health: list[float] = []
+    walls: dict[bool, list[float]] = {False: [], True: []}
+    for pair in range(pairs):
+        for health in (False, True) if pair % 2 == 0 else (True, False):
+            block = source_block(ticks, interval, health)
+            (with_health if health else without).append(block["cpu"])
+            walls[health].append(block["wall"])
+            name = "with" if health else "without"
+            print(
+                f"{pair:>4} {name:<8} {block['cpu']:>12.2f} {block['wall']:>13.2f} {block['wall_max']:>11.2f}"
+            )
+    added, half = mean_and_interval([b - a for a, b in zip(without, with_health, strict=True)])
+    before = statistics.fmean(without)
+    print(
+        f"  without the health fields: {before:.2f} ms of process CPU per tick "
+        f"({before / 10 / interval:.2f} % of a core), wall {statistics.fmean(walls[False]):.2f} ms; "
+        f"with them: {statistics.fmean(with_health):.2f} ms, wall {statistics.fmean(walls[True]):.2f} ms"
+    )
+    per_gpu = 1 / max(1, count)
+    print(
+        f"  the health fields add {added:.3f} ± {half:.3f} ms of CPU per tick (95 % interval over {pairs} "
+        f"pairs) = {added * per_gpu:.3f} ± {half * per_gpu:.3f} ms per GPU; budget 1 ms per GPU: "
+        f"{'within' if (added + half) * per_gpu <= 1 else 'NOT shown within'}; the calls alone (part 1, "
+        f"before the health fields) {calls_ms:.2f} ms, the Python around them ≈ {before - calls_ms:.2f} ms"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=200, help="calls per function and GPU (default 200)")
-    parser.add_argument("--ticks", type=int, default=100, help="source ticks in part 2 (default 100)")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=5,
+        help="part 2: pairs of blocks without and with the health fields (default 5; 0 skips part 2)",
+    )
+    parser.add_argument(
+        "--block-ticks",
+        type=int,
+        default=30,
+        help="part 2: ticks per block, one health read each (default 30: the daemon's 30 s at 1 s ticks)",
+    )
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between ticks (default 1)")
     parser.add_argument(
         "--health-interval",
@@ -442,8 +582,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--xid-seconds", type=float, default=5.0, help="seconds to measure the XID event thread (default 5)"
     )
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.ticks < 1 or not args.interval > 0 or not args.health_interval > 0:
-        parser.error("--repeat and --ticks must be ≥ 1, --interval and --health-interval > 0")
+    if (
+        min(args.repeat, args.block_ticks) < 1
+        or args.pairs < 0
+        or not args.interval > 0
+        or not args.health_interval > 0
+    ):
+        parser.error(
+            "--repeat and --block-ticks must be ≥ 1, --pairs ≥ 0, --interval and --health-interval > 0"
+        )
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
@@ -501,6 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(per-tick calls {tick_cpu / 1000:.3f} ms + a health read of {read_cpu / 1000:.3f} ms every "
             f"{ticks_per_read:g} ticks); budget 1 ms"
         )
+    if count > 1:
+        health_read_concurrency(count, max(1, min(args.repeat, 20)))
     per_process_and_mig(args.repeat, count, ticks_per_read)
     xid_cpu = xid_wait_cpu(args.xid_seconds)
     if xid_cpu is not None:
@@ -509,27 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{xid_cpu * args.interval / 1000:.3f} ms per tick"
         )
 
-    print(f"\nNVML source tick ({count} GPU(s), {args.ticks} ticks every {args.interval:g} s):")
-    calls_ms = sum(per_gpu_cpu) / 1000
-    runs = {
-        "without the health fields": None,
-        f"with them (health read every {args.health_interval:g} s)": args.health_interval,
-    }
-    results = {}
-    for label, health_interval in runs.items():
-        results[label] = tick = source_ticks(args.ticks, args.interval, health_interval)
-        print(
-            f"  {label}: wall {tick['wall']:.2f} ms (worst {tick['wall_max']:.2f}), process CPU "
-            f"{tick['cpu']:.2f} ms per tick (worst {tick['cpu_max']:.2f}) = "
-            f"{tick['cpu'] / 10 / args.interval:.2f} % of a core"
-        )
-    before, after = results.values()
-    print(
-        f"  the health fields add {after['cpu'] - before['cpu']:.3f} ms of CPU per tick "
-        f"({(after['cpu'] - before['cpu']) / max(1, count):.3f} ms per GPU; budget 1 ms per GPU) and "
-        f"{after['wall'] - before['wall']:.3f} ms of wall time; the calls alone (part 1, before the health "
-        f"fields) {calls_ms:.2f} ms, the Python around them ≈ {before['cpu'] - calls_ms:.2f} ms"
-    )
+    if args.pairs:
+        source_ticks_ab(args.pairs, args.block_ticks, args.interval, count, sum(per_gpu_cpu) / 1000)
     pynvml.nvmlShutdown()
     return 0
 

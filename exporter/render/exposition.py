@@ -176,7 +176,8 @@ GPU_HEALTH_GAUGES: GaugeTable[GpuSample] = (
     ),
     (
         "tpw_gpu_pcie_link_width",
-        "Current PCIe link width in lanes; below tpw_gpu_pcie_link_max_width the link trained degraded.",
+        "PCIe link width in lanes, as of the last GPU health read; below tpw_gpu_pcie_link_max_width the "
+        "link trained degraded.",
         lambda g: g.pcie_width,
     ),
     (

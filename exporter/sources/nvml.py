@@ -24,12 +24,13 @@ Failure policy:
 
 GPU health (docs/metrics.md, "GPU health"): values that change slowly or only when something breaks (ECC
 counts, retired pages and remapped rows, the default power limit, the maximum SM clock, the PCIe link's
-maximum and its replay counter, NVLink link states and error counters) are read on their own cadence,
-`health_interval_seconds` (first at start), by the GPU's worker in the tick that is due; the current PCIe
-link and the NVLink byte counters are read every tick. XID errors arrive as NVML events: one thread,
-`nvml-xid`, waits on an event set for every GPU (`XidWatcher`) and counts them; a tick only copies the
-counts. Each of these is optional: NOT_SUPPORTED, FUNCTION_NOT_FOUND or a pynvml without the function makes
-it absent and it is not asked again; any other error leaves the GPU up and the other values flowing.
+maximum, its current width and its replay counter, NVLink link states, error and byte counters) are read
+on their own cadence, `health_interval_seconds` (first at start), by the GPU's worker in the tick that is
+due, one GPU at a time (`HEALTH_READ_LOCK`); the current PCIe generation is read every tick. XID errors
+arrive as NVML events: one thread, `nvml-xid`, waits on an event set for every GPU (`XidWatcher`) and
+counts them; a tick only copies the counts. Each of these is optional: NOT_SUPPORTED, FUNCTION_NOT_FOUND or
+a pynvml without the function makes it absent and it is not asked again; any other error leaves the GPU up
+and the other values flowing.
 """
 
 from __future__ import annotations
@@ -184,6 +185,14 @@ def _field_number(field_value: Any) -> float:
     return float(getattr(field_value.value, member))
 
 
+# The health reads of all GPUs, one at a time. Its calls (NVLink field values and link states, the MIG mode,
+# the PCIe replay counter) contend inside the driver when several GPUs make them at once: on 4 H100s a
+# health read cost 6.0 ms of CPU per GPU one GPU after another and 20.6 ms with all four at once
+# (`benchmarks/nvml_costs.py`, docs/h100-reference.md). Serialised, the tick that reads them takes ~20 ms
+# longer on 4 GPUs, once every health interval, instead of 3.4 times the CPU.
+HEALTH_READ_LOCK = threading.Lock()
+
+
 class GpuReader:
     """Reads one GPU. `read` runs on the GPU's worker thread, `read_profiling` only on the GPM thread; each
     is never called again before its previous call returned.
@@ -213,6 +222,7 @@ class GpuReader:
         self._nvlink_errors: dict[tuple[int, str], int] = {}  # (link, type) → last count read
         self._nvlink_bytes: tuple[float | None, float | None] = (None, None)  # read with the health
         self._sm_clock_max_mhz: Any = None  # read once: a GPU's maximum clock does not change
+        self._pcie_width: Any = None  # the current PCIe link width, read with the health
         self._nvlink_links: tuple[int, ...] | None = None  # found in the first tick (`_links`)
         self._gpm: GpmWindow | None = None
         self._process_utilization_seen = 0  # NVML timestamp (µs) of the newest per-process sample read
@@ -315,11 +325,11 @@ class GpuReader:
         pids = {int(p.pid) for p in processes or ()}
         pids.update(pid for device, _ in mig for pid in device.process_ids)
         process_ids = tuple(sorted(pids))
-        pcie_generation = pcie_width = None
+        pcie_generation = None
         nvlink_tx, nvlink_rx = self._nvlink_bytes
-        if self._health_interval is not None:
+        if self._health_interval is not None:  # the width is read with the health (`_read_health`)
             pcie_generation = self._optional("pcie_generation", "nvmlDeviceGetCurrPcieLinkGeneration", handle)
-            pcie_width = self._optional("pcie_width", "nvmlDeviceGetCurrPcieLinkWidth", handle)
+        pcie_width = self._pcie_width
         return GpuSample(
             info=self.info,
             timestamp=started,
@@ -441,7 +451,8 @@ class GpuReader:
             return None
         now = self._clock()
         if now >= self._health_due:
-            self._health = self._read_health()
+            with HEALTH_READ_LOCK:  # one GPU's health read at a time: see HEALTH_READ_LOCK
+                self._health = self._read_health()
             self._health_due = now + self._health_interval
         return self._health
 
@@ -473,6 +484,9 @@ class GpuReader:
         max_generation = self._optional("pcie_max_generation", "nvmlDeviceGetMaxPcieLinkGeneration", handle)
         max_width = self._optional("pcie_max_width", "nvmlDeviceGetMaxPcieLinkWidth", handle)
         replays = self._optional("pcie_replays", "nvmlDeviceGetPcieReplayCounter", handle)
+        # 30 µs of CPU alone and 1.2 ms beside other GPUs' calls on an H100 (docs/h100-reference.md): on the
+        # health cadence, unlike the generation (2 µs), which an idle GPU steps down and back up in seconds
+        self._pcie_width = self._optional("pcie_width", "nvmlDeviceGetCurrPcieLinkWidth", handle)
         links_up, nvlink_errors = self._nvlink_health()
         self._nvlink_bytes = self._read_nvlink_bytes()
         self._enumerate_mig()

@@ -30,7 +30,21 @@ def fake_pynvml(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
 
 def test_nvml_costs_runs_every_part(fake_pynvml: FakeNvml, capsys: pytest.CaptureFixture[str]) -> None:
     assert (
-        nvml_costs.main(["--repeat", "2", "--ticks", "2", "--interval", "0.01", "--xid-seconds", "0.1"]) == 0
+        nvml_costs.main(
+            [
+                "--repeat",
+                "2",
+                "--pairs",
+                "2",
+                "--block-ticks",
+                "3",
+                "--interval",
+                "0.01",
+                "--xid-seconds",
+                "0.1",
+            ]
+        )
+        == 0
     )
     out = capsys.readouterr().out
     for gpu in (0, 1):
@@ -42,8 +56,34 @@ def test_nvml_costs_runs_every_part(fake_pynvml: FakeNvml, capsys: pytest.Captur
     assert not re.search(r"NVLink [^\n]*\s1\s+(per tick|health)\s", out)  # GPU 1 has no NVLink
     assert "retired pages single_bit" in out and "unsupported" in out  # an H100 remaps rows instead
     assert "XID event thread:" in out
-    assert "without the health fields: wall" in out and "with them (health read every 30 s): wall" in out
-    assert "the health fields add" in out and "ms per GPU; budget 1 ms per GPU" in out
+    # part 1b: the source's health read alone and on every GPU at once, with the calls that cost most
+    assert re.search(r"one GPU after another: \d+\.\d\d ms of CPU per read per GPU \(ms per read: \w+", out)
+    assert re.search(r"all 2 GPUs at once: \d+\.\d\d ms of CPU per read per GPU", out)
+    assert "at once / one after another:" in out
+    # part 2: interleaved blocks, A B then B A, and the pairs' mean difference with its interval
+    blocks = re.findall(r"^\s+(\d) (without|with)\s+\d+\.\d\d\s", out, re.MULTILINE)
+    assert blocks == [("0", "without"), ("0", "with"), ("1", "with"), ("1", "without")]
+    assert re.search(
+        r"the health fields add -?\d+\.\d{3} ± \d+\.\d{3} ms of CPU per tick \(95 % interval over 2 pairs\)",
+        out,
+    )
+    assert "ms per GPU; budget 1 ms per GPU:" in out
+
+
+def test_no_pairs_skip_the_source_ticks(fake_pynvml: FakeNvml, capsys: pytest.CaptureFixture[str]) -> None:
+    assert nvml_costs.main(["--repeat", "1", "--pairs", "0", "--xid-seconds", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "health fields add" in out and "NVML source tick" not in out
+
+
+def test_a_block_with_the_health_fields_reads_them_once_in_its_counted_ticks(fake_pynvml: FakeNvml) -> None:
+    """Part 2's blocks hold the daemon's share of health reads: one per block, in its last tick (the first,
+    uncounted tick reads them too); a block without them reads none."""
+    nvml_costs.source_block(4, 0.1, with_health=False)
+    assert "nvmlDeviceGetRemappedRows" not in fake_pynvml.calls
+    nvml_costs.source_block(4, 0.1, with_health=True)
+    assert fake_pynvml.calls["nvmlDeviceGetRemappedRows"] == 2 * 2  # two reads on each of the two GPUs
+    assert fake_pynvml.calls["nvmlDeviceGetUtilizationRates"] == 2 * (1 + 4) * 2  # two blocks of 1 + 4 ticks
 
 
 def test_device_smoke_prints_what_each_gpu_supports(
@@ -75,7 +115,21 @@ def test_nvml_costs_measures_per_process_and_mig_calls(
     fake_pynvml.gpus[0].processes = (11,)
     fake_pynvml.gpus[0].process_sm = {11: 50.0}
     assert (
-        nvml_costs.main(["--repeat", "2", "--ticks", "1", "--interval", "0.01", "--xid-seconds", "0.1"]) == 0
+        nvml_costs.main(
+            [
+                "--repeat",
+                "2",
+                "--pairs",
+                "1",
+                "--block-ticks",
+                "1",
+                "--interval",
+                "0.01",
+                "--xid-seconds",
+                "0.1",
+            ]
+        )
+        == 0
     )
     out = capsys.readouterr().out
     assert "GPU 0: MIG: off" in out  # what the H100s print
