@@ -53,6 +53,7 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 RESTART_BACKOFF_SECONDS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STABLE_AFTER_SECONDS = 60.0  # a collector up this long resets the restart backoff
 SNAPSHOT_TIMEOUT_SECONDS = 5.0
+MAX_UNSENT_BYTES = 64 * 1024  # requests queued behind a frame the socket took only in part
 COLLECTOR_NICENESS = 10
 
 # The collector's code: given its end of the socket pair and the restart count, collect until told to stop;
@@ -255,6 +256,8 @@ class CollectorProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restart_handle: asyncio.TimerHandle | None = None
         self._stopping = False
+        self._unsent = bytearray()  # the rest of a request frame the socket took only in part, and
+        self._queued_bytes = 0  # the frames queued behind it
 
     @property
     def pid(self) -> int | None:
@@ -384,13 +387,54 @@ class CollectorProcess:
         self._pid = pid
         self._sock = parent
         self._decoder = FrameDecoder()
+        self._stop_flushing()
         self._started_at = 0.0
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        """Send a request frame without blocking the server. A frame the socket takes only in part has its
+        rest sent when the socket is writable again (`_flush`), ahead of any later frame; while it waits,
+        later frames queue behind it up to `MAX_UNSENT_BYTES`. A frame that finds the socket full, or the
+        queue at its cap, is dropped whole (a collector that stopped reading: its asker times out), so the
+        stream never carries a torn frame."""
         if self._sock is None:
             return
-        with contextlib.suppress(OSError):  # a dead collector is noticed by the reader, not here
-            self._sock.send(encode_frame(message))
+        frame = encode_frame(message)
+        if self._unsent:
+            if self._queued_bytes + len(frame) <= MAX_UNSENT_BYTES:
+                self._unsent += frame
+                self._queued_bytes += len(frame)
+            return
+        try:
+            sent = self._sock.send(frame)
+        except OSError:  # full (BlockingIOError), or a dead collector, which the reader notices
+            return
+        if sent < len(frame):
+            self._unsent = bytearray(frame[sent:])
+            if self._loop is not None:
+                self._loop.add_writer(self._sock.fileno(), self._flush)
+
+    def _flush(self) -> None:
+        """Send what `_send` left unsent, as much as the socket takes now."""
+        if self._sock is None or not self._unsent:
+            self._stop_flushing()
+            return
+        try:
+            sent = self._sock.send(self._unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._stop_flushing()
+            return
+        del self._unsent[:sent]
+        if not self._unsent:
+            self._stop_flushing()
+
+    def _stop_flushing(self) -> None:
+        self._unsent.clear()
+        self._queued_bytes = 0
+        if self._sock is not None and self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(self._sock.fileno())
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -427,6 +471,7 @@ class CollectorProcess:
                 self._handle(message)
 
     def _detach(self) -> None:
+        self._stop_flushing()
         if self._sock is not None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(Exception):

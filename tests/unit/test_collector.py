@@ -106,6 +106,30 @@ def exits_at_once(sock: socket.socket, restarts: int) -> int:
     return 3
 
 
+def slow_reader(sock: socket.socket, restarts: int) -> int:
+    """Starts, then reads nothing for a second (a collector busy in a long tick), then reads every frame,
+    and answers a snapshot request with what it received: the ids of the history requests in order, or the
+    error that decoding the stream raised (a torn frame)."""
+    sock.sendall(encode_frame(("started",)))
+    sock.sendall(encode_frame(("published", publish(1, b"a 1\n", b"a 1\n# EOF\n"))))
+    time.sleep(1.0)
+    decoder, ids = FrameDecoder(), []
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return 0
+        try:
+            messages = decoder.feed(data)
+        except Exception as exc:  # a torn frame: the stream is garbage from here on
+            sock.sendall(encode_frame(("snapshot", f"error {type(exc).__name__}".encode())))
+            return 1
+        for message in messages:
+            if message[0] == "history":
+                ids.append(message[1])
+            elif message[0] == "snapshot":
+                sock.sendall(encode_frame(("snapshot", " ".join(map(str, ids)).encode())))
+
+
 async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
@@ -136,6 +160,40 @@ def test_ticks_flow_and_requests_reach_the_collector() -> None:
     assert pid is not None
     with pytest.raises(ChildProcessError):  # reaped: no zombie left behind
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_requests_sent_while_the_collector_is_not_reading_never_tear_a_frame() -> None:
+    """The server's socket fills while the collector is busy: a frame the socket takes in part is finished
+    when it drains, ahead of later ones, which queue behind it; frames that find the socket full are dropped
+    whole. The collector decodes the whole stream. (Linux takes a small frame on a Unix socket whole or not
+    at all, so the frames that fill it here are large; the server's own requests are small, and this guards
+    the framing whatever the kernel does.)"""
+    collector = CollectorProcess(slow_reader)
+    collector.start(timeout=5)
+    sent, torn = 0, 0
+
+    async def scenario() -> bytes | None:
+        nonlocal sent, torn
+        collector.attach(asyncio.get_running_loop())
+        while not collector._unsent and sent < 1000:  # 100 kB frames until one goes out in part
+            sent += 1
+            collector._send(("history", sent, None, "r" * 100_000, False))
+        assert collector._unsent, "the socket never took a frame in part"
+        torn = sent
+        for _ in range(100):  # small ones queue behind it
+            sent += 1
+            collector._send(("history", sent, None, "r", False))
+        await until(lambda: not collector._unsent)  # the collector reads again: the rest goes out
+        return await collector.snapshot_json()
+
+    try:
+        answer = asyncio.run(scenario())
+    finally:
+        collector.stop(timeout=2)
+    assert answer is not None and not answer.startswith(b"error"), answer
+    ids = [int(i) for i in answer.split()]
+    assert ids == sorted(set(ids)) and torn in ids  # in order, none twice, the part-sent one whole
+    assert ids[-100:] == list(range(torn + 1, sent + 1))  # the queue behind it went out too
 
 
 def test_a_crashed_collector_is_reported_down_then_restarted(caplog: pytest.LogCaptureFixture) -> None:
