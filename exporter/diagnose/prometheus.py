@@ -12,22 +12,11 @@ from typing import Any
 
 import httpx
 
+from exporter.redact import redact_url
+
 
 class PrometheusError(Exception):
     """Prometheus cannot be reached, answered an error, or did not answer like Prometheus."""
-
-
-def shown_url(url: str) -> str:
-    """The URL without user info or query values (they may hold credentials)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{key}=<redacted>" for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -50,7 +39,7 @@ class Prometheus:
         if not re.match(r"^https?://", url):
             url = "http://" + url
         self.url = url.rstrip("/")
-        self.shown = shown_url(self.url)
+        self.shown = redact_url(self.url)  # user info and query values may hold credentials
         parts = urllib.parse.urlsplit(self.url)
         auth = None
         if parts.username is not None:

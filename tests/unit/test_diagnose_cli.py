@@ -18,7 +18,7 @@ from helpers import free_port
 
 from exporter.cli import main
 from exporter.diagnose.command import UsageError, default_min_duration, parse_duration, parse_time, window
-from exporter.diagnose.prometheus import regex_escape, shown_url
+from exporter.diagnose.prometheus import Prometheus, regex_escape
 
 NOW = 1_750_000_000.0
 Answer = tuple[int, str, str]  # status, content type, body
@@ -125,7 +125,10 @@ def test_credentials_never_reach_the_message(capsys: pytest.CaptureFixture[str])
     url = f"http://admin:s3cret@127.0.0.1:{free_port()}/prom?token=abc"
     code, _, err = run(capsys, "--prometheus", url)
     assert code == 2 and "s3cret" not in err and "abc" not in err and "admin" not in err
-    assert shown_url("https://u:p@h:1/x?token=abc&a=") == "https://h:1/x?token=<redacted>&a=<redacted>"
+    shown = Prometheus("https://u:p@h:1/x?token=abc&a=").shown
+    assert shown == "https://<redacted>@h:1/x?token=<redacted>&a=<redacted>"
+    # a password written with a '/' in it: no part of it is shown as a host or a path
+    assert Prometheus("http://admin:pa/ss@h:9090/prom").shown == "http://<redacted>@h:9090/prom"
 
 
 def test_png_is_refused_before_asking_anything(capsys: pytest.CaptureFixture[str]) -> None:
