@@ -7,7 +7,7 @@
 FROM python:3.12.12-slim-trixie AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
 # The kubernetes extra: pod attribution on Kubernetes (the PodResources API over gRPC, the API server).
 RUN python -m venv /opt/tpw-exporter && /opt/tpw-exporter/bin/pip install '.[kubernetes]'
