@@ -12,6 +12,8 @@ hostile endpoint. It reads `/metrics` four times a second for --seconds and prin
 
   ticks/s      collection ticks a second (`tpw_ticks_total`); the interval's rate when nothing stalls
   max tick     the longest `tpw_tick_duration_seconds` seen
+  CPU %        the machine's busy CPU over the run, in % of one core: the exporter, its page parsers, the
+               endpoints' HTTP servers and this reader (compare runs on the same idle machine)
   RSS / PSS    peak RSS of the largest process of the exporter's tree, and peak PSS of the whole tree
                (server, collector and, from issue 13 on, the page parsers and their fork server), in MB
   out KB       the largest `/metrics` body
@@ -32,6 +34,7 @@ import argparse
 import gzip
 import http.client
 import math
+import os
 import re
 import sys
 import threading
@@ -264,6 +267,16 @@ def tree_memory(pid: int) -> tuple[float, float]:
     return rss, pss
 
 
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (/proc/stat: every core, every process). A page parser
+    ended at its time limit is reaped by the kernel (its fork server ignores SIGCHLD), so its CPU is in no
+    surviving process's account: only the machine's total sees it."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Run:
     """What one exporter run measured."""
@@ -274,6 +287,7 @@ class Run:
     peak_pss: float = 0.0
     max_output: int = 0
     reads: int = 0
+    cpu_percent: float = 0.0  # the machine's busy CPU over the measured time, in % of one core
 
 
 @dataclass
@@ -294,7 +308,8 @@ def measure(port: int, pid: int, seconds: float, hostile: list[str]) -> tuple[Ru
     first: tuple[float, float] | None = None
     last: tuple[float, float] | None = None
     next_memory = 0.0
-    end = time.monotonic() + seconds
+    cpu_started, started = machine_cpu_seconds(), time.monotonic()
+    end = started + seconds
     while time.monotonic() < end:
         time.sleep(POLL_SECONDS)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -328,6 +343,7 @@ def measure(port: int, pid: int, seconds: float, hostile: list[str]) -> tuple[Ru
             rss, pss = tree_memory(pid)
             run.peak_rss, run.peak_pss = max(run.peak_rss, rss), max(run.peak_pss, pss)
             next_memory = now + 1.0
+    run.cpu_percent = (machine_cpu_seconds() - cpu_started) / (time.monotonic() - started) * 100
     if first is not None and last is not None and last[0] > first[0]:
         run.ticks_per_second = (last[1] - first[1]) / (last[0] - first[0])
     return run, findings, healthy_seen and healthy_kept
@@ -394,7 +410,7 @@ class Row:
 
 
 HEADER = (
-    f"{'case':<14} {'ticks/s':>7} {'max tick':>8} {'RSS':>6} {'PSS':>6} {'out KB':>7} {'up':>3} "
+    f"{'case':<14} {'ticks/s':>7} {'max tick':>8} {'CPU %':>6} {'RSS':>6} {'PSS':>6} {'out KB':>7} {'up':>3} "
     f"{'reasons':<28} {'healthy':>7} {'bad':>4}  verdict"
 )
 
@@ -404,6 +420,7 @@ def format_row(row: Row) -> str:
     verdict = "pass" if row.passed else "FAIL: " + ", ".join(row.failures)
     return (
         f"{row.case.name:<14} {row.run.ticks_per_second:>7.2f} {row.run.max_tick:>7.2f}s "
+        f"{row.run.cpu_percent:>6.1f} "
         f"{row.run.peak_rss:>6.0f} {row.run.peak_pss:>6.0f} {row.run.max_output / 1024:>7.0f} {up:>3} "
         f"{','.join(sorted(row.finding.reasons)) or '-':<28} {'yes' if row.healthy else 'NO':>7} "
         f"{row.finding.bad:>4}  {verdict}"

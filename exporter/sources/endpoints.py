@@ -11,7 +11,12 @@ same cap), a body that is not UTF-8, a credential or TLS file that cannot be rea
 `tpw_endpoint_scrape_errors_total{reason}` and is logged once per state change. Malformed lines are
 skipped and counted; series with invalid values, over-long model names or past the per-endpoint model cap
 are left out and counted (`tpw_endpoint_dropped_series_total{reason}`); counters that go backwards (an
-engine restart) are counted as resets (`tpw_endpoint_resets_total`). The URL is shown only through
+engine restart) are counted as resets (`tpw_endpoint_resets_total`). An endpoint whose page keeps taking
+longer to read than its time limit (`PARSE_OVERRUNS_BEFORE_BACKOFF` in a row) is not fetched again for a
+while, growing to a minute (`PARSE_BACKOFF_SECONDS`): each overrun burns up to a tick's budget of CPU in its
+worker, and a page that overran three times will overrun the next. It stays `up 0` meanwhile, with the
+reason and the time of the next try in its error; the ticks it skips are not counted as scrape errors, and a
+page read in time ends the back-off. The URL is shown only through
 `exporter.redact` (user info and query values `<redacted>`), and every message through `scrub`, which also
 takes out the endpoint's own secret values.
 """
@@ -19,6 +24,7 @@ takes out the endpoint's own secret values.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import traceback
@@ -52,6 +58,11 @@ log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
 ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
+
+# A page that overran its time limit this many times in a row is not fetched for PARSE_BACKOFF_SECONDS[k]
+# after the k-th overrun past them (the last value repeating), until one is read in time.
+PARSE_OVERRUNS_BEFORE_BACKOFF = 3
+PARSE_BACKOFF_SECONDS: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0, 60.0)
 
 ScrapeError = PageError
 """One failed scrape; `reason` is the bounded label value of tpw_endpoint_scrape_errors_total."""
@@ -95,6 +106,9 @@ class EndpointScraper:
         self._fields: frozenset[str] | None = None
         self._last_state: str | None = None  # "up", or "down:" + the reason of the last failure
         self._failure_reason = ""
+        self._parse_overruns = 0  # pages in a row not read within the time limit (parse phase)
+        self._next_try = 0.0  # while backing off, when the page is fetched again (clock seconds)
+        self._last_failure: EndpointSample | None = None
         self.worker = PageWorker(config.name)
 
     # -- fetching -------------------------------------------------------------------------------------
@@ -165,6 +179,8 @@ class EndpointScraper:
     async def scrape(self) -> EndpointSample:
         """This tick's sample; returns within `timeout` (fetch and parse together) and never raises."""
         started = self._clock()
+        if started < self._next_try and self._last_failure is not None:
+            return self._backing_off(started)
         phase = "fetch"
         try:
             body, encoding = await asyncio.wait_for(self._fetch(), timeout=self.timeout)
@@ -179,7 +195,10 @@ class EndpointScraper:
                 message = f"no answer within {self.timeout:g} s"
             else:
                 message = f"page not read within {self.timeout:g} s (fetch and parse)"
+                self._parse_overruns += 1
             sample = self._failed("timeout", message, started)
+            if phase == "parse" and self._parse_overruns >= PARSE_OVERRUNS_BEFORE_BACKOFF:
+                self._back_off(started)
         except (httpx.HTTPError, OSError) as exc:  # OSError: an SSLError or a reset httpx let through
             if (problem := tls_failure(exc)) is not None:
                 sample = self._failed(TLS, f"TLS with {self.url} failed: {problem}", started)
@@ -195,8 +214,32 @@ class EndpointScraper:
             trace = self._scrub("".join(traceback.format_exception(exc)))
             log.debug("endpoint %s: scrape failed unexpectedly: %s", self.config.name, trace)
             sample = self._failed("internal", f"{type(exc).__name__}: {_reason(exc)}", started)
+        if sample.up:
+            self._parse_overruns = 0
         self._log_state(sample)
         return sample
+
+    def _back_off(self, now: float) -> None:
+        past = self._parse_overruns - PARSE_OVERRUNS_BEFORE_BACKOFF
+        delay = PARSE_BACKOFF_SECONDS[min(past, len(PARSE_BACKOFF_SECONDS) - 1)]
+        self._next_try = now + delay
+        log.warning(
+            "endpoint %s: page not read within %g s %d times in a row; not fetched again for %g s",
+            self.config.name,
+            self.timeout,
+            self._parse_overruns,
+            delay,
+        )
+
+    def _backing_off(self, now: float) -> EndpointSample:
+        """A tick skipped while backing off: down, with the last failure's counts, and why and until when."""
+        last = self._last_failure
+        assert last is not None
+        error = (
+            f"page not read within {self.timeout:g} s {self._parse_overruns} times in a row; "
+            f"next try in {self._next_try - now:.0f} s"
+        )
+        return dataclasses.replace(last, error=error, timestamp=now, duration_seconds=0.0)
 
     def _job(self, body: bytes, encoding: str) -> PageJob:
         config = self.config
@@ -220,7 +263,7 @@ class EndpointScraper:
     def _failed(self, reason: str, message: str, started: float) -> EndpointSample:
         self._errors[reason] += 1
         self._failure_reason = reason
-        return EndpointSample(
+        self._last_failure = EndpointSample(
             name=self.config.name,
             engine=self._engine_name(),
             url=self.url,
@@ -233,6 +276,7 @@ class EndpointScraper:
             dropped_total=tuple(sorted(self._dropped.items())),
             resets_total=self._resets,
         )
+        return self._last_failure
 
     def _engine_name(self) -> str:
         return self._fixed_engine or self._detected or "unknown"

@@ -403,6 +403,67 @@ def test_a_parse_past_the_time_limit_is_a_timeout_its_worker_killed_and_the_othe
     assert again.up and values(again)[("generation_tokens_total", "m", None)] == 7.0
 
 
+def test_a_page_that_keeps_overrunning_is_backed_off_and_a_page_read_in_time_ends_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each overrun burns a tick's budget of CPU in the worker: after three in a row the page is not fetched
+    for 5 s, then 10 s, …; the skipped ticks are down with the reason and the next try, and count no error."""
+    from exporter.sources.endpoints import PARSE_BACKOFF_SECONDS, PARSE_OVERRUNS_BEFORE_BACKOFF
+
+    now = [1000.0]
+    with engine_server(slow_page()) as slow:
+
+        async def run() -> list[EndpointSample]:
+            source = EndpointsSource(
+                [endpoint(slow.url, name="slow", engine="vllm", timeout_seconds=0.2)], clock=lambda: now[0]
+            )
+            seen: list[EndpointSample] = []
+            try:
+                for _ in range(PARSE_OVERRUNS_BEFORE_BACKOFF):  # overruns 1..3: the third starts the back-off
+                    seen.append((await source.collect()).endpoints[0])
+                    now[0] += 1
+                assert slow.behaviour.requests == PARSE_OVERRUNS_BEFORE_BACKOFF
+                now[0] += PARSE_BACKOFF_SECONDS[0] - 2  # a second before the next try: skipped, not fetched
+                seen.append((await source.collect()).endpoints[0])
+                assert slow.behaviour.requests == PARSE_OVERRUNS_BEFORE_BACKOFF
+                now[0] += 1  # the next try: fetched, overruns again, a longer back-off
+                seen.append((await source.collect()).endpoints[0])
+                assert slow.behaviour.requests == PARSE_OVERRUNS_BEFORE_BACKOFF + 1
+                now[0] += PARSE_BACKOFF_SECONDS[1] - 1
+                seen.append((await source.collect()).endpoints[0])
+                assert slow.behaviour.requests == PARSE_OVERRUNS_BEFORE_BACKOFF + 1
+                slow.behaviour.body = vllm_page(7)  # the engine recovers
+                now[0] += 1
+                seen.append((await source.collect()).endpoints[0])
+                slow.behaviour.body = slow_page()  # and overruns once more: no back-off after just one
+                now[0] += 1
+                seen.append((await source.collect()).endpoints[0])
+                now[0] += 1
+                seen.append((await source.collect()).endpoints[0])
+                assert slow.behaviour.requests == PARSE_OVERRUNS_BEFORE_BACKOFF + 4
+                return seen
+            finally:
+                await source.close()
+
+        with caplog.at_level(logging.WARNING, logger="exporter.sources.endpoints"):
+            seen = asyncio.run(run())
+    first, second, third, skipped, retried, skipped_again, recovered, once, twice = seen
+    assert not any(s.up for s in (first, second, third, skipped, retried, skipped_again, once, twice))
+    assert skipped.error == "page not read within 0.2 s 3 times in a row; next try in 1 s"
+    assert errors(skipped) == {"timeout": 3}  # the skipped tick is not a scrape, and counts none
+    assert (
+        errors(retried) == {"timeout": 4} and retried.error == "page not read within 0.2 s (fetch and parse)"
+    )
+    assert skipped_again.error == "page not read within 0.2 s 4 times in a row; next try in 1 s"
+    assert recovered.up and values(recovered)[("generation_tokens_total", "m", None)] == 7.0
+    assert errors(twice) == {"timeout": 6}
+    backoffs = [r.getMessage() for r in caplog.records if "not fetched again" in r.getMessage()]
+    assert backoffs == [
+        "endpoint slow: page not read within 0.2 s 3 times in a row; not fetched again for 5 s",
+        "endpoint slow: page not read within 0.2 s 4 times in a row; not fetched again for 10 s",
+    ]
+
+
 def test_a_gzip_bomb_is_too_large_and_the_other_endpoint_keeps_its_series() -> None:
     line = b'vllm:num_requests_running{model_name="m"} 1\n'
     bomb = gzip.compress(line * (15 * 1024 * 1024 // len(line)), compresslevel=9)
