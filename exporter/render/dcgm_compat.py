@@ -16,8 +16,15 @@ Labels, as dcgm-exporter writes them: `gpu`, `UUID`, `pci_bus_id`, `device` (nvi
 minor number), `modelName`, the host label (`Hostname` as every dcgm-exporter release up to 4.5.3-4.8.2
 writes it; `hostname` as its main branch does since #655; configurable), `DCGM_FI_DRIVER_VERSION` (a label
 in its default counters), and `namespace`/`pod`/`container` where pod attribution has one container
-holding the GPU (`snapshot_pods`). MIG labels
-(`GPU_I_PROFILE`, `GPU_I_ID`) never appear: tpw-exporter reads whole GPUs.
+holding the GPU (`snapshot_pods`).
+
+MIG: on a GPU with MIG on, each GPU instance has its own rows of the fields DCGM reads per GPU instance
+(framebuffer used and free, the DCGM_FI_PROF_* ratios: `DcgmField.mig`), labelled as dcgm-exporter labels
+them (its GPU's labels, `GPU_I_PROFILE` and `GPU_I_ID`, and the pod labels of the
+container holding that MIG device), from the same readings as `tpw_mig_*`. One difference, on purpose:
+dcgm-exporter also repeats the GPU's own fields (power, clocks, temperature, energy) on every GPU instance's
+row (tests/fixtures/dcgm_exporter/a30_mig_issue317.prom), so a sum over rows counts a MIG GPU's power once per
+instance; here they stay one row per GPU, which a query selecting by `gpu` reads the same.
 
 dcgm-exporter types its counters (energy) `counter` without the `_total` suffix, which OpenMetrics does not
 allow (a counter's samples end in `_total`), and Prometheus negotiates OpenMetrics: such a field is typed
@@ -36,12 +43,13 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
-from exporter.model import MIB, GpuSample, Snapshot
+from exporter.model import MIB, GpuSample, MigDevice, Snapshot
 
 if TYPE_CHECKING:
     from exporter.config import DcgmCompatConfig
 
 Getter = Callable[[GpuSample], "float | None"]
+MigGetter = Callable[[MigDevice], "float | None"]
 # GPU UUID → the pod labels dcgm-exporter adds (`namespace`, `pod`, `container`) for the pod using the GPU.
 PodLabels = Callable[[Snapshot], Mapping[str, Mapping[str, str]]]
 POD_LABELS: tuple[str, ...] = ("namespace", "pod", "container")
@@ -55,6 +63,7 @@ class DcgmField:
     type: str  # "gauge", or "unknown" for dcgm-exporter's counters (see the module docstring)
     help: str
     value: Getter
+    mig: MigGetter | None = None  # its value for a GPU instance of a GPU with MIG on (see the docstring)
 
 
 def _scaled(getter: Callable[[GpuSample], float | None], factor: float) -> Getter:
@@ -79,6 +88,20 @@ def _fb_used(gpu: GpuSample) -> float | None:
 
 def _fb_free(gpu: GpuSample) -> float | None:
     total, used = gpu.info.memory_total_bytes, gpu.memory_used_bytes
+    return float((total - used) // MIB) if total is not None and used is not None else None
+
+
+def _mig_ratio(key: str) -> MigGetter:
+    return lambda device: device.profiling.ratios.get(key) if device.profiling is not None else None
+
+
+def _mig_fb_used(device: MigDevice) -> float | None:
+    used = device.memory_used_bytes
+    return float(used // MIB) if used is not None else None
+
+
+def _mig_fb_free(device: MigDevice) -> float | None:
+    total, used = device.memory_total_bytes, device.memory_used_bytes
     return float((total - used) // MIB) if total is not None and used is not None else None
 
 
@@ -134,8 +157,8 @@ FIELDS: tuple[DcgmField, ...] = (
     DcgmField(
         "DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "unknown", "Total number of PCIe retries.", _health("pcie_replays")
     ),
-    DcgmField("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB).", _fb_free),
-    DcgmField("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB).", _fb_used),
+    DcgmField("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB).", _fb_free, _mig_fb_free),
+    DcgmField("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB).", _fb_used, _mig_fb_used),
     DcgmField(
         "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
         "unknown",
@@ -159,48 +182,56 @@ FIELDS: tuple[DcgmField, ...] = (
         "gauge",
         "Ratio of time the graphics engine is active.",
         _ratio("graphics_active"),
+        _mig_ratio("graphics_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_SM_ACTIVE",
         "gauge",
         "The ratio of cycles an SM has at least 1 warp assigned.",
         _ratio("sm_active"),
+        _mig_ratio("sm_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_SM_OCCUPANCY",
         "gauge",
         "The ratio of number of warps resident on an SM.",
         _ratio("sm_occupancy"),
+        _mig_ratio("sm_occupancy"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
         "gauge",
         "Ratio of cycles the tensor (HMMA) pipe is active.",
         _ratio("tensor_active"),
+        _mig_ratio("tensor_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_DRAM_ACTIVE",
         "gauge",
         "Ratio of cycles the device memory interface is active sending or receiving data.",
         _ratio("dram_bandwidth_utilization"),
+        _mig_ratio("dram_bandwidth_utilization"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PIPE_FP64_ACTIVE",
         "gauge",
         "Ratio of cycles the fp64 pipes are active.",
         _ratio("fp64_active"),
+        _mig_ratio("fp64_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PIPE_FP32_ACTIVE",
         "gauge",
         "Ratio of cycles the fp32 pipes are active.",
         _ratio("fp32_active"),
+        _mig_ratio("fp32_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PIPE_FP16_ACTIVE",
         "gauge",
         "Ratio of cycles the fp16 pipes are active.",
         _ratio("fp16_active"),
+        _mig_ratio("fp16_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PCIE_TX_BYTES",
@@ -233,9 +264,9 @@ FIELDS: tuple[DcgmField, ...] = (
 
 def snapshot_pods(snapshot: Snapshot) -> dict[str, dict[str, str]]:
     """Pod attribution's `Snapshot.gpu_pods` (`tpw_gpu_pod_info`, where Kubernetes attribution is on) as
-    dcgm-exporter's pod labels, by GPU UUID: only for a GPU one container holds whole. A GPU shared by
-    several containers, or split into MIG slices, gets none (dcgm-exporter would repeat its rows per pod, or
-    label MIG instance rows; whole-GPU series have one value to give)."""
+    dcgm-exporter's pod labels, by GPU or MIG device UUID: only for a device one container holds. A GPU
+    shared by several containers gets none (dcgm-exporter would repeat its rows per pod; a series has one
+    value to give)."""
     holders: dict[str, set[tuple[str, str, str]]] = {}
     for held in getattr(snapshot, "gpu_pods", ()):  # absent where pod attribution is not in this build
         holders.setdefault(held.uuid, set()).add((held.namespace, held.pod, held.container))
@@ -286,12 +317,33 @@ class DcgmCompat:
                 labels[key] = value
         return labels
 
+    def mig_labels(
+        self, gpu_labels: Mapping[str, str], device: MigDevice, pods: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, str]:
+        """The labels dcgm-exporter gives a GPU instance's series: its GPU's, with `GPU_I_PROFILE` and
+        `GPU_I_ID`, and the pod labels of the container holding the MIG device."""
+        labels = {key: value for key, value in gpu_labels.items() if key not in POD_LABELS}
+        labels["GPU_I_PROFILE"] = device.profile
+        labels["GPU_I_ID"] = str(device.gpu_instance)
+        for key in POD_LABELS:
+            held = pods.get(device.uuid, {}).get(key)
+            if held:
+                labels[key] = held
+        return labels
+
     def families(self, snapshot: Snapshot) -> list[Metric]:
         live = [gpu for gpu in snapshot.gpus if gpu.up]
         if not live:
             return []
         pods = self.pods(snapshot)
         labelled = [(gpu, self.labels(gpu, snapshot, pods)) for gpu in live]
+        # GPU instances of GPUs with MIG on: the first compute instance of each (DCGM's GPU_I entity; its
+        # memory and GPM are the GPU instance's, whatever its compute instances)
+        instances = [
+            (device, self.mig_labels(labels, device, pods))
+            for gpu, labels in labelled
+            for device in _first_per_gpu_instance(gpu.mig)
+        ]
         families = []
         for spec in FIELDS:
             family = Metric(spec.name, spec.help, spec.type)
@@ -299,6 +351,21 @@ class DcgmCompat:
                 value = spec.value(gpu)
                 if value is not None:
                     family.add_sample(spec.name, labels, float(value))
+            if spec.mig is not None:
+                for device, labels in instances:
+                    value = spec.mig(device)
+                    if value is not None:
+                        family.add_sample(spec.name, labels, float(value))
             if family.samples:  # as dcgm-exporter: a field no GPU has is not on the page
                 families.append(family)
         return families
+
+
+def _first_per_gpu_instance(devices: tuple[MigDevice, ...]) -> list[MigDevice]:
+    seen: set[int] = set()
+    first = []
+    for device in devices:
+        if device.gpu_instance not in seen:
+            seen.add(device.gpu_instance)
+            first.append(device)
+    return first

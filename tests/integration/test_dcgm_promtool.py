@@ -81,14 +81,23 @@ def check(exposition: Exposition, where: str, expect: set[str]) -> None:
     assert_valid(renamed[0], renamed[1], f"{where} (modelName renamed)")
 
 
-def test_demo_node_in_compat_mode() -> None:
+@pytest.mark.parametrize("mig", [False, True], ids=["whole-gpus", "mig"])
+def test_demo_node_in_compat_mode(mig: bool) -> None:
     clock = Clock()
-    exposition = last_exposition(SimulatedSource(2, "mixed", 1.0, clock=clock), clock)
+    exposition = last_exposition(SimulatedSource(2, "mixed", 1.0, clock=clock, mig=mig), clock)
     check(
         exposition,
-        "demo",
-        {"DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"},
+        "demo --mig" if mig else "demo",
+        {
+            "DCGM_FI_DEV_SM_CLOCK",
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            "DCGM_FI_PROF_SM_ACTIVE",
+            "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
+        },
     )
+    text = App().pages(exposition)[0]
+    instances = set(re.findall(r'^DCGM_FI_PROF_SM_ACTIVE\{[^}]*GPU_I_ID="(\d+)"', text, re.MULTILINE))
+    assert bool(instances) is mig  # MIG on: a row per GPU instance, labelled as dcgm-exporter does
 
 
 @pytest.mark.parametrize("readable", [True, False], ids=["page-read", "page-unreachable"])

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import build_parser, flag_overrides
 from exporter.config import ConfigError, load_config
-from exporter.model import MIB, GpuInfo, GpuSample, NodeInfo, Profiling, Snapshot
+from exporter.model import MIB, GpuInfo, GpuSample, MigDevice, NodeInfo, Profiling, Snapshot
 from exporter.render.dcgm_compat import FIELDS, DcgmCompat, _health, snapshot_pods
 from exporter.render.exposition import Renderer
 
@@ -134,6 +134,69 @@ def test_pod_labels_come_from_pod_attribution_for_a_gpu_one_container_holds() ->
     assert pods["GPU-a"] == {"namespace": "ml", "pod": "vllm-0", "container": "main"}
     assert "GPU-b" not in pods  # MIG-c/1/0 may stay: no whole GPU has that UUID, it labels nothing
     assert snapshot_pods(snapshot(GPU)) == {}  # pod attribution off
+
+
+def mig_gpu() -> GpuSample:
+    """GPU 0 of h100_mig_pods_issue512.prom: MIG on, GPU instance 7 with two compute instances, 8 with one."""
+
+    def device(gi: int, ci: int, uuid: str, used_mib: int, busy: float) -> MigDevice:
+        return MigDevice(
+            gpu_instance=gi,
+            compute_instance=ci,
+            uuid=uuid,
+            profile="1g.10gb",
+            memory_total_bytes=9984 * MIB,
+            memory_used_bytes=used_mib * MIB + 5,
+            profiling=Profiling(window_seconds=1.0, ratios={"graphics_active": busy, "sm_active": busy / 2}),
+        )
+
+    info = GpuInfo(
+        index=0,
+        uuid="GPU-58e8f5ea-13cc-013a-d88f-2bcf5ae8bc77",
+        name="NVIDIA H100 80GB HBM3",
+        pci_bus_id="00000000:1A:00.0",
+        memory_total_bytes=81559 * MIB,
+        minor_number=0,
+    )
+    return GpuSample(
+        info=info,
+        power_watts=120.0,
+        memory_used_bytes=3000 * MIB,
+        mig_enabled=True,
+        mig=(
+            device(7, 0, "MIG-aaaa", 1200, 0.6),
+            device(7, 1, "MIG-bbbb", 1200, 0.6),  # a second compute instance of GPU instance 7
+            device(8, 0, "MIG-cccc", 10, 0.0),
+        ),
+    )
+
+
+def test_mig_instances_have_dcgm_exporters_rows_and_the_gpus_own_fields_stay_one_row() -> None:
+    real = [
+        sample.labels
+        for family in text_string_to_metric_families((FIXTURES / "h100_mig_pods_issue512.prom").read_text())
+        for sample in family.samples
+    ]
+    pods = {"MIG-aaaa": {"namespace": "ml", "pod": "embed-0", "container": "kserve-container"}}
+    got = page(DcgmCompat(hostname="gsrh100-074", pods=lambda _: pods), mig_gpu())
+    active = {
+        labels.get("GPU_I_ID"): (labels, value) for labels, value in got["DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
+    }
+    assert sorted(active, key=str) == ["7", "8"]  # one row per GPU instance, not per compute instance
+    held, free = active["7"][0], active["8"][0]
+    assert set(held) == set(real[0])  # dcgm-exporter's labels, pod labels included
+    assert set(free) == set(real[1]) and free["GPU_I_PROFILE"] == "1g.10gb"
+    assert (held["pod"], held["UUID"], held["gpu"]) == ("embed-0", mig_gpu().info.uuid, "0")
+    assert active["7"][1] == 0.6 and active["8"][1] == 0.0
+    fb = {labels.get("GPU_I_ID"): value for labels, value in got["DCGM_FI_DEV_FB_USED"]}
+    assert fb == {None: 3000.0, "7": 1200.0, "8": 10.0}  # the whole GPU's row and each instance's, in MiB
+    assert {labels.get("GPU_I_ID"): value for labels, value in got["DCGM_FI_DEV_FB_FREE"]}[
+        "8"
+    ] == 9973.0  # whole MiB free, rounded down
+    # the GPU's own fields: one row, without instance labels (dcgm-exporter repeats them per instance)
+    assert [("GPU_I_ID" in labels, value) for labels, value in got["DCGM_FI_DEV_POWER_USAGE"]] == [
+        (False, 120.0)
+    ]
 
 
 @pytest.mark.parametrize(
