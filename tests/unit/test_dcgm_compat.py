@@ -127,12 +127,12 @@ def test_pod_labels_come_from_pod_attribution_for_a_gpu_one_container_holds() ->
                 held("GPU-a", "vllm-0"),
                 held("GPU-b", "train-0"),  # a GPU two containers share (time-slicing): no pod labels
                 held("GPU-b", "train-1"),
-                held("MIG-c/1/0", "small-0"),  # a MIG slice: not a whole GPU's series
+                held("MIG-c/1/0", "small-0"),  # a MIG device: labels its GPU instance's rows
             )
         )
     )
     assert pods["GPU-a"] == {"namespace": "ml", "pod": "vllm-0", "container": "main"}
-    assert "GPU-b" not in pods  # MIG-c/1/0 may stay: no whole GPU has that UUID, it labels nothing
+    assert "GPU-b" not in pods and pods["MIG-c/1/0"]["pod"] == "small-0"
     assert snapshot_pods(snapshot(GPU)) == {}  # pod attribution off
 
 
