@@ -189,8 +189,12 @@ def _field_number(field_value: Any) -> float:
 # the PCIe replay counter) contend inside the driver when several GPUs make them at once: on 4 H100s a
 # health read cost 6.0 ms of CPU per GPU one GPU after another and 20.6 ms with all four at once
 # (`benchmarks/nvml_costs.py`, docs/h100-reference.md). Serialised, the tick that reads them takes ~20 ms
-# longer on 4 GPUs, once every health interval, instead of 3.4 times the CPU.
+# longer on 4 GPUs, once every health interval, instead of 3.4 times the CPU. A GPU waits for it at most
+# HEALTH_LOCK_WAIT_SECONDS (8 GPUs' reads one after another take ~50 ms): past that, another GPU's health
+# read is hung in the driver, and this GPU skips its own until the next health interval rather than wait
+# past its time limit, so one sick GPU never takes the others down with it.
 HEALTH_READ_LOCK = threading.Lock()
+HEALTH_LOCK_WAIT_SECONDS = 0.2
 
 
 class GpuReader:
@@ -451,8 +455,16 @@ class GpuReader:
             return None
         now = self._clock()
         if now >= self._health_due:
-            with HEALTH_READ_LOCK:  # one GPU's health read at a time: see HEALTH_READ_LOCK
-                self._health = self._read_health()
+            # one GPU's health read at a time, and never a wait past HEALTH_LOCK_WAIT_SECONDS: see above
+            if HEALTH_READ_LOCK.acquire(timeout=HEALTH_LOCK_WAIT_SECONDS):
+                try:
+                    self._health = self._read_health()
+                finally:
+                    HEALTH_READ_LOCK.release()
+            else:
+                self._report_once(
+                    "health", None, "another GPU's health read has not returned; skipped until the next one"
+                )
             self._health_due = now + self._health_interval
         return self._health
 

@@ -170,6 +170,47 @@ def test_the_gpus_health_reads_run_one_at_a_time() -> None:
     close(source)
 
 
+def test_a_health_read_hung_on_one_gpu_never_takes_another_gpu_down(caplog: pytest.LogCaptureFixture) -> None:
+    """GPU 0's health read hangs in the driver holding the health lock: GPU 1 waits for it a short while,
+    skips its own health read until the next interval and stays up with the rest of its values."""
+    hung = threading.Event()
+
+    class HangingFake(FakeNvml):
+        def nvmlDeviceGetTotalEccErrors(self, handle: Any, error_type: int, counter_type: int) -> int:
+            if handle == 0 and not hung.is_set():
+                hung.wait(5)  # the first health call of GPU 0, under the lock
+            return super().nvmlDeviceGetTotalEccErrors(handle, error_type, counter_type)
+
+        def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> Any:
+            if handle == 1:
+                time.sleep(0.05)  # GPU 1 comes to its health read after GPU 0 took the lock
+            return super().nvmlDeviceGetComputeRunningProcesses(handle)
+
+    clock = Clock()
+    fake = HangingFake([FakeGpu(uuid=f"GPU-{i}") for i in range(2)], clock)
+    source = NvmlSource(
+        fake,
+        clock=clock,
+        gpu_timeout_seconds=0.5,
+        health_interval_seconds=HEALTH_INTERVAL,
+        xid_wait_seconds=0.02,
+    )
+    try:
+        started = time.monotonic()
+        gpus = collect(source)
+        assert time.monotonic() - started < 1.5
+        assert [g.up for g in gpus] == [False, True]
+        assert gpus[1].health is None and gpus[1].power_watts is not None  # skipped, the rest flowing
+        assert "another GPU's health read has not returned" in caplog.text
+    finally:
+        hung.set()
+    eventually(lambda: collect(source)[0].up)  # GPU 0's call returned: it is read again
+    clock.advance(HEALTH_INTERVAL)
+    healthy = collect(source)
+    assert all(g.up and g.health is not None for g in healthy)
+    close(source)
+
+
 def test_no_health_interval_reads_nothing_new() -> None:
     """The exporter before issue 14 (benchmarks/nvml_costs.py's baseline): none of the new calls."""
     fake, source, _ = make(1)
