@@ -548,11 +548,17 @@ def source_ticks_ab(pairs: int, ticks: int, interval: float, count: int, calls_m
         f"with them: {statistics.fmean(with_health):.2f} ms, wall {statistics.fmean(walls[True]):.2f} ms"
     )
     per_gpu = 1 / max(1, count)
+    if pairs > 1:
+        spread = f" ± {half:.3f} ms of CPU per tick (95 % interval over {pairs} pairs)"
+        per_gpu_spread = f" ± {half * per_gpu:.3f}"
+        verdict = "within" if (added + half) * per_gpu <= 1 else "NOT shown within"
+    else:  # one difference has no spread: it shows nothing either way
+        spread, per_gpu_spread = " ms of CPU per tick (one pair: no interval)", ""
+        verdict = "not shown either way by one pair (--pairs 2 or more)"
     print(
-        f"  the health fields add {added:.3f} ± {half:.3f} ms of CPU per tick (95 % interval over {pairs} "
-        f"pairs) = {added * per_gpu:.3f} ± {half * per_gpu:.3f} ms per GPU; budget 1 ms per GPU: "
-        f"{'within' if (added + half) * per_gpu <= 1 else 'NOT shown within'}; the calls alone (part 1, "
-        f"before the health fields) {calls_ms:.2f} ms, the Python around them ≈ {before - calls_ms:.2f} ms"
+        f"  the health fields add {added:.3f}{spread} = {added * per_gpu:.3f}{per_gpu_spread} ms per GPU; "
+        f"budget 1 ms per GPU: {verdict}; the calls alone (part 1, before the health fields) "
+        f"{calls_ms:.2f} ms, the Python around them ≈ {before - calls_ms:.2f} ms"
     )
 
 

@@ -76,6 +76,24 @@ def test_no_pairs_skip_the_source_ticks(fake_pynvml: FakeNvml, capsys: pytest.Ca
     assert "health fields add" in out and "NVML source tick" not in out
 
 
+def test_one_pair_claims_no_interval(fake_pynvml: FakeNvml, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "--repeat",
+        "1",
+        "--pairs",
+        "1",
+        "--block-ticks",
+        "1",
+        "--interval",
+        "0.01",
+        "--xid-seconds",
+        "0.05",
+    ]
+    assert nvml_costs.main(args) == 0
+    out = capsys.readouterr().out
+    assert "(one pair: no interval)" in out and "not shown either way by one pair" in out and "±" not in out
+
+
 def test_a_block_with_the_health_fields_reads_them_once_in_its_counted_ticks(fake_pynvml: FakeNvml) -> None:
     """Part 2's blocks hold the daemon's share of health reads: one per block, in its last tick (the first,
     uncounted tick reads them too); a block without them reads none."""
