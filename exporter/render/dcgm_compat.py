@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import Metric
 
 from exporter.model import MIB, GpuSample, MigDevice, Snapshot
+from exporter.render.exposition import mig_ratio
 
 if TYPE_CHECKING:
     from exporter.config import DcgmCompatConfig
@@ -82,27 +83,29 @@ def _rate(key: str) -> Getter:
     return lambda gpu: gpu.profiling.rates.get(key) if gpu.profiling is not None else None
 
 
-def _fb_used(gpu: GpuSample) -> float | None:
-    return float(gpu.memory_used_bytes // MIB) if gpu.memory_used_bytes is not None else None
-
-
-def _fb_free(gpu: GpuSample) -> float | None:
-    total, used = gpu.info.memory_total_bytes, gpu.memory_used_bytes
-    return float((total - used) // MIB) if total is not None and used is not None else None
-
-
-def _mig_ratio(key: str) -> MigGetter:
-    return lambda device: device.profiling.ratios.get(key) if device.profiling is not None else None
-
-
-def _mig_fb_used(device: MigDevice) -> float | None:
-    used = device.memory_used_bytes
+def _used_mib(used: int | None) -> float | None:
+    """Framebuffer in whole MiB, as DCGM gives it."""
     return float(used // MIB) if used is not None else None
 
 
-def _mig_fb_free(device: MigDevice) -> float | None:
-    total, used = device.memory_total_bytes, device.memory_used_bytes
+def _free_mib(total: int | None, used: int | None) -> float | None:
     return float((total - used) // MIB) if total is not None and used is not None else None
+
+
+def _fb_used(gpu: GpuSample) -> float | None:
+    return _used_mib(gpu.memory_used_bytes)
+
+
+def _fb_free(gpu: GpuSample) -> float | None:
+    return _free_mib(gpu.info.memory_total_bytes, gpu.memory_used_bytes)
+
+
+def _mig_fb_used(device: MigDevice) -> float | None:
+    return _used_mib(device.memory_used_bytes)
+
+
+def _mig_fb_free(device: MigDevice) -> float | None:
+    return _free_mib(device.memory_total_bytes, device.memory_used_bytes)
 
 
 def _health(name: str) -> Getter:
@@ -182,56 +185,56 @@ FIELDS: tuple[DcgmField, ...] = (
         "gauge",
         "Ratio of time the graphics engine is active.",
         _ratio("graphics_active"),
-        _mig_ratio("graphics_active"),
+        mig_ratio("graphics_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_SM_ACTIVE",
         "gauge",
         "The ratio of cycles an SM has at least 1 warp assigned.",
         _ratio("sm_active"),
-        _mig_ratio("sm_active"),
+        mig_ratio("sm_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_SM_OCCUPANCY",
         "gauge",
         "The ratio of number of warps resident on an SM.",
         _ratio("sm_occupancy"),
-        _mig_ratio("sm_occupancy"),
+        mig_ratio("sm_occupancy"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
         "gauge",
         "Ratio of cycles the tensor (HMMA) pipe is active.",
         _ratio("tensor_active"),
-        _mig_ratio("tensor_active"),
+        mig_ratio("tensor_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_DRAM_ACTIVE",
         "gauge",
         "Ratio of cycles the device memory interface is active sending or receiving data.",
         _ratio("dram_bandwidth_utilization"),
-        _mig_ratio("dram_bandwidth_utilization"),
+        mig_ratio("dram_bandwidth_utilization"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PIPE_FP64_ACTIVE",
         "gauge",
         "Ratio of cycles the fp64 pipes are active.",
         _ratio("fp64_active"),
-        _mig_ratio("fp64_active"),
+        mig_ratio("fp64_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PIPE_FP32_ACTIVE",
         "gauge",
         "Ratio of cycles the fp32 pipes are active.",
         _ratio("fp32_active"),
-        _mig_ratio("fp32_active"),
+        mig_ratio("fp32_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PIPE_FP16_ACTIVE",
         "gauge",
         "Ratio of cycles the fp16 pipes are active.",
         _ratio("fp16_active"),
-        _mig_ratio("fp16_active"),
+        mig_ratio("fp16_active"),
     ),
     DcgmField(
         "DCGM_FI_PROF_PCIE_TX_BYTES",

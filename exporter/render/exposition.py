@@ -339,7 +339,8 @@ def _profiling_families(gpus: list[GpuSample]) -> Iterator[Metric]:
 MIG_LABELS = ["gpu", "gpu_instance", "compute_instance", "mig_profile"]
 
 
-def _mig_ratio(key: str) -> Callable[[MigDevice], float | None]:
+def mig_ratio(key: str) -> Callable[[MigDevice], float | None]:
+    """A MIG device's GPM ratio `key` (its GPU instance's), or None."""
     return lambda device: device.profiling.ratios.get(key) if device.profiling is not None else None
 
 
@@ -369,7 +370,7 @@ MIG_GAUGES: GaugeTable[MigDevice] = (
         (
             f"tpw_mig_{key}_ratio",
             PROFILING_HELP[key].replace("Profiling:", "MIG GPU instance profiling:"),
-            _mig_ratio(key),
+            mig_ratio(key),
         )
         for key in PROFILING_RATIOS
     ),
