@@ -238,14 +238,20 @@ def gpm_pair(handle: Any) -> Call | None:
             return None
     except pynvml.NVMLError:
         return None
+    return gpm_window(pynvml.nvmlGpmSampleGet, handle)
+
+
+def gpm_window(take: Callable[[Any, Any], object], handle: Any) -> Call:
+    """A call that takes the next GPM sample with `take(handle, sample)` and reads the metrics between it and
+    the previous one, alternating two samples (the first taken now)."""
     samples = [pynvml.nvmlGpmSampleAlloc(), pynvml.nvmlGpmSampleAlloc()]
-    pynvml.nvmlGpmSampleGet(handle, samples[0])
+    take(handle, samples[0])
     ids = list(GPM_RATIO_METRICS.values()) + list(GPM_RATE_METRICS.values())
     state = {"previous": 0}
 
     def step(h: Any) -> object:
         current = 1 - state["previous"]
-        pynvml.nvmlGpmSampleGet(h, samples[current])
+        take(h, samples[current])
         request = pynvml.c_nvmlGpmMetricsGet_t()
         request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
         request.numMetrics = len(ids)
@@ -313,25 +319,7 @@ def mig_enumeration(handle: Any) -> object:
 
 def mig_gpm_pair(handle: Any, gpu_instance: int) -> Call:
     """One GPM window of a GPU instance, as the source takes it."""
-    samples = [pynvml.nvmlGpmSampleAlloc(), pynvml.nvmlGpmSampleAlloc()]
-    pynvml.nvmlGpmMigSampleGet(handle, gpu_instance, samples[0])
-    ids = list(GPM_RATIO_METRICS.values()) + list(GPM_RATE_METRICS.values())
-    state = {"previous": 0}
-
-    def step(h: Any) -> object:
-        current = 1 - state["previous"]
-        pynvml.nvmlGpmMigSampleGet(h, gpu_instance, samples[current])
-        request = pynvml.c_nvmlGpmMetricsGet_t()
-        request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
-        request.numMetrics = len(ids)
-        request.sample1 = samples[state["previous"]]
-        request.sample2 = samples[current]
-        for slot, metric_id in enumerate(ids):
-            request.metrics[slot].metricId = metric_id
-        state["previous"] = current
-        return pynvml.nvmlGpmMetricsGet(request)
-
-    return step
+    return gpm_window(lambda h, sample: pynvml.nvmlGpmMigSampleGet(h, gpu_instance, sample), handle)
 
 
 class CallTimer:
